@@ -1,0 +1,3 @@
+from meshroute.entry import main
+
+main()

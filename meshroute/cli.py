@@ -1,0 +1,121 @@
+"""The ``meshroute`` command line: parses, validates and delegates; no logic here.
+
+Exit codes: 0 success, 1 the operation failed (for example no agent answered),
+2 bad usage or bad configuration (click's own convention for usage errors).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from meshroute import __version__
+
+SOCKET_HELP = "Control socket of the agent (default: from --config, else the well-known path)."
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="meshroute")
+def cli() -> None:
+    """meshroute: host routes for clients of many OpenVPN servers, shared over RabbitMQ."""
+
+
+@cli.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the effective config as JSON.")
+def check(config: str, as_json: bool) -> None:
+    """Validate CONFIG (with MESHROUTE_* overrides) and print the effective config."""
+    from meshroute.config import check_command
+
+    sys.exit(check_command(config, as_json=as_json))
+
+
+@cli.command()
+@click.argument("config_arg", metavar="[CONFIG]", required=False, type=click.Path(dir_okay=False))
+@click.option("--config", "config_opt", type=click.Path(dir_okay=False), help="Config file.")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    default=None,
+    help="Log level (default: the config's log_level).",
+)
+def agent(config_arg: str | None, config_opt: str | None, log_level: str | None) -> None:
+    """Run the agent for one OpenVPN server (CONFIG as the only argument works)."""
+    if config_arg and config_opt and config_arg != config_opt:
+        raise click.UsageError("give the config once: as CONFIG or as --config, not both")
+    from meshroute.agent import main as agent_main
+
+    sys.exit(agent_main(config_arg or config_opt, log_level=log_level))
+
+
+def _query_options(func):
+    func = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")(func)
+    func = click.option("--socket", "socket_path", help=SOCKET_HELP)(func)
+    func = click.option("--config", "config_path", help="Config file (for its control_socket).")(
+        func
+    )
+    return func
+
+
+@cli.command()
+@_query_options
+def table(socket_path: str | None, config_path: str | None, as_json: bool) -> None:
+    """Every address the agent has learned: owner, next hop, route installed."""
+    from meshroute.control import query_command
+
+    sys.exit(query_command("table", socket_path, config_path, as_json))
+
+
+@cli.command()
+@_query_options
+def peers(socket_path: str | None, config_path: str | None, as_json: bool) -> None:
+    """The agent's peers: epoch, last seen, claims, state."""
+    from meshroute.control import query_command
+
+    sys.exit(query_command("peers", socket_path, config_path, as_json))
+
+
+@cli.command()
+@_query_options
+def health(socket_path: str | None, config_path: str | None, as_json: bool) -> None:
+    """The agent's health: broker connection, last sync, last apply, counters."""
+    from meshroute.control import query_command
+
+    sys.exit(query_command("health", socket_path, config_path, as_json))
+
+
+@cli.command(
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
+)
+@click.pass_context
+def hook(ctx: click.Context) -> None:
+    """OpenVPN hook: learn-address OP ADDR [CN] | client-connect | client-disconnect.
+
+    Hands the event to the local agent and exits 0 at once, also when the agent is
+    down (the next status poll catches up). Use it in the OpenVPN server config:
+
+    \b
+      script-security 2
+      learn-address "/usr/local/bin/meshroute hook learn-address"
+      client-connect "/usr/local/bin/meshroute hook client-connect"
+      client-disconnect "/usr/local/bin/meshroute hook client-disconnect"
+
+    Options (before the event): --socket PATH (default $MESHROUTE_HOOK_SOCKET or
+    /run/meshroute/hook.sock).
+    """
+    import os
+
+    from meshroute.openvpn.hook import main as hook_main
+
+    sys.exit(hook_main(list(ctx.args), os.environ))
+
+
+def _add_lab() -> None:
+    from meshroute.lab.commands import lab
+
+    cli.add_command(lab)
+
+
+_add_lab()

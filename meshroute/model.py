@@ -1,0 +1,157 @@
+"""Value types shared by every layer: addresses, claims, routes and bus messages.
+
+Everything here is immutable and built on :mod:`ipaddress` types. Nothing here does
+I/O; the codec (bytes <-> messages), the claim table and the reconciler all speak
+these types.
+
+Vocabulary (one word for one thing, in code, docs, CLI and metrics):
+
+- **agent**: one meshroute daemon, next to one OpenVPN server; named by ``name``.
+- **claim**: "client address A is connected to agent O" with the common name, the
+  session's ``connected_since`` and an order ``stamp``.
+- **stamp**: the integer that orders competing claims for one address. The claim with
+  the highest ``(stamp, owner)`` wins on every agent, because every agent compares the
+  same two fields carried by the claims themselves (never local arrival order).
+- **epoch**: changes at every agent start (a start time in ms); ``seq`` increases per
+  message within an epoch.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import TypeAlias
+
+Address: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
+Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+PROTOCOL_VERSION = 1
+
+
+def parse_address(text: str) -> Address:
+    """Parse one host address (no prefix length); raises ValueError naming the text."""
+    try:
+        return ipaddress.ip_address(text.strip())
+    except ValueError:
+        raise ValueError(f"not an IP address: {text!r}") from None
+
+
+def host_prefix(address: Address) -> Network:
+    """The host route prefix for an address: /32 for IPv4, /128 for IPv6."""
+    return ipaddress.ip_network(address)
+
+
+@dataclass(frozen=True, order=True)
+class ClaimRecord:
+    """One client session as its owner reports it on the bus.
+
+    ``connected_since`` is the OpenVPN server's own ``Connected Since (time_t)`` (s).
+    ``stamp`` orders competing sessions for the same address (hybrid logical clock
+    in ms: see :mod:`meshroute.state`).
+    """
+
+    address: Address
+    common_name: str
+    connected_since: int
+    stamp: int
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim as the claim table holds it: a record plus the agent that owns it."""
+
+    owner: str
+    record: ClaimRecord
+
+    @property
+    def address(self) -> Address:
+        return self.record.address
+
+    @property
+    def order_key(self) -> tuple[int, str]:
+        """Higher wins. Every agent computes the same key from the same claim."""
+        return (self.record.stamp, self.owner)
+
+
+@dataclass(frozen=True)
+class Route:
+    """A host route meshroute owns: ``prefix via next_hop`` in the configured table."""
+
+    prefix: Network
+    next_hop: Address
+
+
+# --- bus messages -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Header:
+    """Fields every message carries. ``origin`` must equal the broker user."""
+
+    origin: str
+    epoch: int
+    seq: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The origin's full set of claims as of ``seq`` (authoritative for all <= seq).
+
+    Sent at start, after a sync-request (to the requester only when ``reply_to`` of the
+    request names it), and when the origin notices its peers disagree with it.
+    """
+
+    header: Header
+    next_hop: ipaddress.IPv4Address | None
+    next_hop6: ipaddress.IPv6Address | None
+    claims: tuple[ClaimRecord, ...]
+    type: str = field(default="snapshot", init=False)
+
+
+@dataclass(frozen=True)
+class Delta:
+    """One address changed at the origin: ``claim`` is the new record, None = gone."""
+
+    header: Header
+    address: Address
+    claim: ClaimRecord | None
+    type: str = field(default="delta", init=False)
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """Periodic liveness and a digest of the origin's claims (small: N^2 deliveries).
+
+    ``state_seq`` is the seq of the origin's last snapshot/delta; ``count`` and
+    ``digest`` describe its claim set so a receiver can detect a loss and ask.
+    """
+
+    header: Header
+    next_hop: ipaddress.IPv4Address | None
+    next_hop6: ipaddress.IPv6Address | None
+    state_seq: int
+    count: int
+    digest: str
+    type: str = field(default="heartbeat", init=False)
+
+
+@dataclass(frozen=True)
+class SyncRequest:
+    """Ask ``target`` (or every agent when None) for a snapshot, sent to the origin."""
+
+    header: Header
+    target: str | None
+    type: str = field(default="sync-request", init=False)
+
+
+@dataclass(frozen=True)
+class Goodbye:
+    """Clean shutdown: peers drop the origin's claims at once."""
+
+    header: Header
+    type: str = field(default="goodbye", init=False)
+
+
+Message: TypeAlias = Snapshot | Delta | Heartbeat | SyncRequest | Goodbye
+
+MESSAGE_TYPES: tuple[str, ...] = ("snapshot", "delta", "heartbeat", "sync-request", "goodbye")
