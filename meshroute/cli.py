@@ -44,7 +44,7 @@ def agent(config_arg: str | None, config_opt: str | None, log_level: str | None)
     """Run the agent for one OpenVPN server (CONFIG as the only argument works)."""
     if config_arg and config_opt and config_arg != config_opt:
         raise click.UsageError("give the config once: as CONFIG or as --config, not both")
-    from meshroute.agent import main as agent_main
+    from meshroute.daemon import main as agent_main
 
     sys.exit(agent_main(config_arg or config_opt, log_level=log_level))
 

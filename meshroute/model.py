@@ -41,7 +41,12 @@ def host_prefix(address: Address) -> Network:
     return ipaddress.ip_network(address)
 
 
-@dataclass(frozen=True, order=True)
+def address_key(address: Address) -> tuple[int, int]:
+    """Sort key for mixed IPv4/IPv6 addresses (they do not compare with each other)."""
+    return (address.version, int(address))
+
+
+@dataclass(frozen=True)
 class ClaimRecord:
     """One client session as its owner reports it on the bus.
 
@@ -97,14 +102,17 @@ class Header:
 class Snapshot:
     """The origin's full set of claims as of ``seq`` (authoritative for all <= seq).
 
-    Sent at start, after a sync-request (to the requester only when ``reply_to`` of the
-    request names it), and when the origin notices its peers disagree with it.
+    Sent to everyone once an agent knows its local clients, and to one agent in
+    answer to its sync-request. An answer carries ``echo``: the requester's own
+    claims as the sender holds them, so a restarted agent recovers the stamps of
+    the sessions it finds again (and publishes exactly what its peers already hold).
     """
 
     header: Header
     next_hop: ipaddress.IPv4Address | None
     next_hop6: ipaddress.IPv6Address | None
     claims: tuple[ClaimRecord, ...]
+    echo: tuple[ClaimRecord, ...] = ()
     type: str = field(default="snapshot", init=False)
 
 

@@ -45,7 +45,9 @@ class Bus(Protocol):
     def start(self, handler: BusHandler) -> None:
         """Connect (in the background) and start consuming; returns at once."""
 
-    def publish(self, body: bytes, *, msg_type: str, message_id: str, to: str | None = None) -> None:
+    def publish(
+        self, body: bytes, *, msg_type: str, message_id: str, to: str | None = None
+    ) -> None:
         """Queue a message: to every agent (fanout), or to agent ``to`` only."""
 
     def stop(self, timeout: float = 5.0) -> None:

@@ -1,0 +1,418 @@
+"""The claim table: every agent's claims, merged, ordered and expired (pure).
+
+One :class:`ClaimTable` lives in each agent. It is fed decoded bus messages and the
+agent's own local claims, and answers two questions: who owns each address (the
+winner), and which host routes this agent wants.
+
+Invariants:
+
+- **Same winner everywhere.** For one address the claim with the highest
+  ``(stamp, owner)`` wins. Both fields travel with the claim, so two agents that hold
+  the same claims pick the same winner whatever order messages arrived in.
+- **Per-peer versions.** Within a peer's epoch every message has a ``seq``. A delta
+  is applied only if its seq is newer than both the peer's last snapshot and the
+  last change of that address, so late, duplicated and reordered messages are
+  harmless. A snapshot is authoritative for everything up to its seq.
+- **Restart without flaps.** A message from a newer epoch keeps the peer's old
+  claims until the new epoch's snapshot replaces them (a restarted agent re-sends
+  the same records, so nothing changes). Messages from older epochs are ignored,
+  also after the peer has departed.
+- **Liveness.** A peer silent for longer than ``hold_time`` is expired and its claims
+  are dropped; a goodbye drops them at once. While frozen (our own broker connection
+  is down) nobody expires; thawing restarts every peer's hold timer. An expired
+  peer that speaks again (it was only cut off) is relearned; a peer that said
+  goodbye is heard again only from a newer epoch.
+- **Trust nothing.** Claims outside ``client_networks`` and claims past the per-peer
+  cap are refused and counted, never stored.
+
+Time is injected (``now`` arguments, monotonic seconds); nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from meshroute.model import (
+    Address,
+    Claim,
+    ClaimRecord,
+    Delta,
+    Goodbye,
+    Header,
+    Heartbeat,
+    Message,
+    Network,
+    Snapshot,
+    SyncRequest,
+    address_key,
+    host_prefix,
+)
+
+log = logging.getLogger(__name__)
+
+
+def record_hash(record: ClaimRecord) -> int:
+    """A 64-bit hash of one claim record; XORed together they digest a claim set."""
+    text = f"{record.address}|{record.common_name}|{record.connected_since}|{record.stamp}"
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+
+
+class ClaimSet:
+    """address -> record, with an order-independent digest kept up to date in O(1)."""
+
+    def __init__(self) -> None:
+        self.records: dict[Address, ClaimRecord] = {}
+        self._xor = 0
+
+    def set(self, record: ClaimRecord) -> ClaimRecord | None:
+        old = self.records.get(record.address)
+        if old is not None:
+            self._xor ^= record_hash(old)
+        self.records[record.address] = record
+        self._xor ^= record_hash(record)
+        return old
+
+    def remove(self, address: Address) -> ClaimRecord | None:
+        old = self.records.pop(address, None)
+        if old is not None:
+            self._xor ^= record_hash(old)
+        return old
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def digest(self) -> str:
+        return f"{self._xor:016x}"
+
+
+@dataclass
+class PeerView:
+    """What this agent knows of one peer in its current epoch."""
+
+    name: str
+    epoch: int
+    last_seen: float
+    next_hop: Address | None = None
+    next_hop6: Address | None = None
+    claims: ClaimSet = field(default_factory=ClaimSet)
+    versions: dict[Address, int] = field(default_factory=dict)
+    snapshot_seq: int = -1
+    max_seq: int = -1
+    synced: bool = False
+    refused: set[Address] = field(default_factory=set)
+
+    def next_hop_for(self, address: Address) -> Address | None:
+        return self.next_hop if address.version == 4 else self.next_hop6
+
+
+@dataclass(frozen=True)
+class Reaction:
+    """What the agent should send because of a message (the table does no I/O)."""
+
+    request_sync_from: str | None = None
+    send_snapshot_to: str | None = None
+
+
+NOTHING = Reaction()
+
+
+@dataclass
+class Counters:
+    stale: int = 0
+    refused_claims: int = 0
+    expired_peers: int = 0
+
+
+class ClaimTable:
+    """All claims known to one agent, with the winner per address."""
+
+    def __init__(
+        self,
+        self_name: str,
+        *,
+        hold_time: float,
+        client_networks: Iterable[Network] = (),
+        max_claims_per_peer: int = 65536,
+    ) -> None:
+        self.self_name = self_name
+        self.hold_time = hold_time
+        self.client_networks = tuple(client_networks)
+        self.max_claims_per_peer = max_claims_per_peer
+        self.local = ClaimSet()
+        self.peers: dict[str, PeerView] = {}
+        self.departed: dict[str, int] = {}  # name -> last epoch that said goodbye
+        self.frozen = False
+        self.counters = Counters()
+        self.echoed: dict[Address, ClaimRecord] = {}  # our own claims, as peers hold them
+        self._by_address: dict[Address, dict[str, ClaimRecord]] = {}
+        self._dirty: set[Address] = set()
+
+    # --- local claims -----------------------------------------------------------
+
+    def set_local(self, record: ClaimRecord) -> bool:
+        """Set one of our own claims; True if it changed anything."""
+        old = self.local.set(record)
+        if old == record:
+            return False
+        self._index(self.self_name, record.address, record)
+        return True
+
+    def remove_local(self, address: Address) -> bool:
+        if self.local.remove(address) is None:
+            return False
+        self._index(self.self_name, address, None)
+        return True
+
+    # --- bus messages -----------------------------------------------------------
+
+    def apply(self, message: Message, now: float) -> Reaction:
+        """Apply one validated message from a peer (never from ourselves)."""
+        header = message.header
+        if header.origin == self.self_name:
+            return NOTHING
+        if header.epoch <= self.departed.get(header.origin, -1):
+            self.counters.stale += 1
+            return NOTHING
+        if isinstance(message, Goodbye):
+            return self._goodbye(header)
+        peer = self._peer_for(header, now)
+        if peer is None:
+            self.counters.stale += 1
+            return NOTHING
+        peer.last_seen = now
+        if isinstance(message, Snapshot | Delta):
+            peer.max_seq = max(peer.max_seq, header.seq)
+        if isinstance(message, Snapshot):
+            self._apply_snapshot(peer, message)
+            self._keep_echo(message.echo)
+            return NOTHING
+        if isinstance(message, Delta):
+            self._apply_delta(peer, message)
+            return NOTHING if peer.synced else Reaction(request_sync_from=peer.name)
+        if isinstance(message, Heartbeat):
+            return self._apply_heartbeat(peer, message)
+        if isinstance(message, SyncRequest):
+            if message.target is None:
+                return Reaction(send_snapshot_to=peer.name)
+            if message.target == self.self_name:
+                return Reaction(send_snapshot_to=peer.name)
+        return NOTHING
+
+    def _peer_for(self, header: Header, now: float) -> PeerView | None:
+        peer = self.peers.get(header.origin)
+        if peer is None:
+            peer = PeerView(name=header.origin, epoch=header.epoch, last_seen=now)
+            self.peers[header.origin] = peer
+            log.info("peer %s up (epoch %s)", header.origin, header.epoch)
+            return peer
+        if header.epoch < peer.epoch:
+            return None
+        if header.epoch > peer.epoch:
+            # Restarted: keep its claims (no flap) until the new epoch's snapshot.
+            log.info("peer %s restarted (epoch %s -> %s)", peer.name, peer.epoch, header.epoch)
+            peer.epoch = header.epoch
+            peer.versions.clear()
+            peer.snapshot_seq = peer.max_seq = -1
+            peer.synced = False
+        return peer
+
+    def _apply_snapshot(self, peer: PeerView, snap: Snapshot) -> None:
+        seq = snap.header.seq
+        if seq <= peer.snapshot_seq:
+            self.counters.stale += 1
+            return
+        peer.next_hop, peer.next_hop6 = snap.next_hop, snap.next_hop6
+        newer = {a for a, v in peer.versions.items() if v > seq}
+        incoming = {r.address: r for r in snap.claims if r.address not in newer}
+        for address in list(peer.claims.records):
+            if address not in incoming and address not in newer:
+                self._peer_set(peer, address, None)
+        peer.refused = {a for a in peer.refused if a in newer}
+        for address in sorted(incoming, key=address_key):
+            self._admit_and_set(peer, incoming[address])
+        peer.versions = {a: v for a, v in peer.versions.items() if v > seq}
+        peer.snapshot_seq = seq
+        peer.synced = True
+
+    def _keep_echo(self, echo: Iterable[ClaimRecord]) -> None:
+        for record in echo:
+            known = self.echoed.get(record.address)
+            if known is None or record.stamp > known.stamp:
+                self.echoed[record.address] = record
+
+    def held_for(self, name: str) -> tuple[ClaimRecord, ...]:
+        """The claims we hold for agent ``name`` (its echo in our answer to it)."""
+        peer = self.peers.get(name)
+        if peer is None:
+            return ()
+        records = peer.claims.records
+        return tuple(records[a] for a in sorted(records, key=address_key))
+
+    def _apply_delta(self, peer: PeerView, delta: Delta) -> None:
+        seq = delta.header.seq
+        address = delta.address
+        if seq <= peer.snapshot_seq or seq <= peer.versions.get(address, -1):
+            self.counters.stale += 1
+            return
+        peer.versions[address] = seq
+        if delta.claim is None:
+            peer.refused.discard(address)
+            self._peer_set(peer, address, None)
+        else:
+            self._admit_and_set(peer, delta.claim)
+
+    def _apply_heartbeat(self, peer: PeerView, beat: Heartbeat) -> Reaction:
+        peer.next_hop, peer.next_hop6 = beat.next_hop, beat.next_hop6
+        if peer.synced and self._view_differs(peer, beat):
+            log.info("peer %s: our view differs from its digest, asking for a snapshot", peer.name)
+            peer.synced = False
+        return NOTHING if peer.synced else Reaction(request_sync_from=peer.name)
+
+    @staticmethod
+    def _view_differs(peer: PeerView, beat: Heartbeat) -> bool:
+        if beat.state_seq > peer.max_seq:
+            return True  # a snapshot or delta never reached us
+        if beat.count != len(peer.claims) + len(peer.refused):
+            return True
+        return not peer.refused and beat.digest != peer.claims.digest
+
+    def _goodbye(self, header: Header) -> Reaction:
+        peer = self.peers.get(header.origin)
+        if peer is not None and header.epoch >= peer.epoch:
+            log.info("peer %s said goodbye (epoch %s)", peer.name, header.epoch)
+            self._drop_peer(peer)
+        self.departed[header.origin] = max(header.epoch, self.departed.get(header.origin, -1))
+        return NOTHING
+
+    def _admit_and_set(self, peer: PeerView, record: ClaimRecord) -> None:
+        """Store a peer's claim if it is inside the client networks and under the cap."""
+        address = record.address
+        known = address in peer.claims.records
+        if self.allowed(address) and (known or len(peer.claims) < self.max_claims_per_peer):
+            peer.refused.discard(address)
+            self._peer_set(peer, address, record)
+            return
+        if known:
+            self._peer_set(peer, address, None)
+        if address not in peer.refused:
+            peer.refused.add(address)
+            self.counters.refused_claims += 1
+            log.warning(
+                "peer %s: refused claim for %s (client %s): %s", peer.name, address,
+                record.common_name,
+                "outside client_networks" if not self.allowed(address) else "per-peer cap",
+            )  # fmt: skip
+
+    def allowed(self, address: Address) -> bool:
+        return any(address in net for net in self.client_networks)
+
+    # --- liveness ---------------------------------------------------------------
+
+    def freeze(self, reason: str) -> None:
+        """Our broker connection is down: expire nobody (we cannot tell who is dead)."""
+        if not self.frozen:
+            log.warning("%s: frozen, no peer expires until the broker is back", reason)
+        self.frozen = True
+
+    def thaw(self, now: float) -> None:
+        """Reconnected: restart every hold timer, so peers get a fresh chance to speak."""
+        if self.frozen:
+            log.info("broker connection back: thawing, hold timers restarted")
+        self.frozen = False
+        for peer in self.peers.values():
+            peer.last_seen = now
+
+    def expire(self, now: float) -> list[str]:
+        """Drop peers silent for longer than the hold time; return their names."""
+        if self.frozen:
+            return []
+        dead = [p for p in self.peers.values() if now - p.last_seen > self.hold_time]
+        for peer in dead:
+            log.warning(
+                "peer %s expired: silent for %.1fs (hold time %.1fs), dropping %d claim(s)",
+                peer.name, now - peer.last_seen, self.hold_time, len(peer.claims),
+            )  # fmt: skip
+            # Not marked departed: a peer that was only cut off comes back with the
+            # same epoch and is relearned from its next snapshot.
+            self._drop_peer(peer)
+            self.counters.expired_peers += 1
+        return [p.name for p in dead]
+
+    def _drop_peer(self, peer: PeerView) -> None:
+        for address in list(peer.claims.records):
+            self._peer_set(peer, address, None)
+        del self.peers[peer.name]
+
+    # --- winners and routes -----------------------------------------------------
+
+    def _peer_set(self, peer: PeerView, address: Address, record: ClaimRecord | None) -> None:
+        old = peer.claims.set(record) if record is not None else peer.claims.remove(address)
+        if old != record:
+            self._index(peer.name, address, record)
+
+    def _index(self, owner: str, address: Address, record: ClaimRecord | None) -> None:
+        holders = self._by_address.setdefault(address, {})
+        if record is None:
+            holders.pop(owner, None)
+            if not holders:
+                del self._by_address[address]
+        else:
+            holders[owner] = record
+        self._dirty.add(address)
+
+    def winner(self, address: Address) -> Claim | None:
+        holders = self._by_address.get(address)
+        if not holders:
+            return None
+        owner, record = max(holders.items(), key=lambda item: (item[1].stamp, item[0]))
+        return Claim(owner=owner, record=record)
+
+    def claims_for(self, address: Address) -> Mapping[str, ClaimRecord]:
+        return self._by_address.get(address, {})
+
+    def addresses(self) -> Iterable[Address]:
+        return self._by_address.keys()
+
+    def max_stamp(self, address: Address) -> int:
+        holders = self._by_address.get(address)
+        return max((r.stamp for r in holders.values()), default=-1) if holders else -1
+
+    def next_hops(self) -> set[Address]:
+        """Every peer's backbone next hop: never a route destination."""
+        hops = {p.next_hop for p in self.peers.values()} | {
+            p.next_hop6 for p in self.peers.values()
+        }
+        hops.discard(None)
+        return hops  # type: ignore[return-value]
+
+    def route_for(self, address: Address, forbidden: set[Address]) -> Address | None:
+        """The next hop this agent wants for ``address``, or None for no route."""
+        claim = self.winner(address)
+        if claim is None or claim.owner == self.self_name or address in forbidden:
+            return None
+        peer = self.peers.get(claim.owner)
+        return peer.next_hop_for(address) if peer is not None else None
+
+    def desired_routes(self, own_next_hops: Iterable[Address] = ()) -> dict[Network, Address]:
+        """Every host route this agent wants: prefix -> next hop (full recompute)."""
+        return self.desired_for(self._by_address.keys(), own_next_hops)
+
+    def desired_for(
+        self, addresses: Iterable[Address], own_next_hops: Iterable[Address] = ()
+    ) -> dict[Network, Address]:
+        forbidden = self.next_hops() | set(own_next_hops)
+        routes: dict[Network, Address] = {}
+        for address in addresses:
+            hop = self.route_for(address, forbidden)
+            if hop is not None and hop.version == address.version:
+                routes[host_prefix(address)] = hop
+        return routes
+
+    def take_dirty(self) -> set[Address]:
+        """Addresses whose claims changed since the last call."""
+        dirty, self._dirty = self._dirty, set()
+        return dirty

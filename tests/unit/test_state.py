@@ -1,0 +1,202 @@
+"""The claim table: winners, versions, epochs, liveness, trust."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from meshroute.model import ClaimRecord, Delta, Goodbye, Header, Heartbeat, Snapshot, SyncRequest
+from meshroute.state import ClaimSet, ClaimTable
+
+A = ipaddress.ip_address("10.100.0.5")
+B = ipaddress.ip_address("10.100.0.6")
+V6 = ipaddress.ip_address("fd10::5")
+HOP_X = ipaddress.ip_address("10.200.0.2")
+HOP_Y = ipaddress.ip_address("10.200.0.3")
+HOP_X6 = ipaddress.ip_address("fd20::2")
+NETS = (ipaddress.ip_network("10.100.0.0/16"), ipaddress.ip_network("fd10::/64"))
+
+
+def rec(address=A, cn="c1", since=100, stamp=100_000) -> ClaimRecord:
+    return ClaimRecord(address, cn, since, stamp)
+
+
+def snap(origin, epoch, seq, *claims, hop=HOP_X, hop6=HOP_X6) -> Snapshot:
+    return Snapshot(Header(origin, epoch, seq), hop, hop6, tuple(claims))
+
+
+def delta(origin, epoch, seq, record=None, address=A) -> Delta:
+    return Delta(Header(origin, epoch, seq), address, record)
+
+
+def table(**kw) -> ClaimTable:
+    return ClaimTable("me", hold_time=10.0, client_networks=NETS, **kw)
+
+
+def test_peer_claim_gives_route_via_its_next_hop():
+    t = table()
+    t.apply(snap("x", 1, 1, rec(), rec(V6, stamp=1)), now=0)
+    assert t.desired_routes() == {
+        ipaddress.ip_network("10.100.0.5/32"): HOP_X,
+        ipaddress.ip_network("fd10::5/128"): HOP_X6,
+    }
+
+
+def test_highest_stamp_wins_whatever_the_arrival_order():
+    old, new = rec(stamp=100), rec(stamp=200)
+    t1, t2 = table(), table()
+    t1.apply(snap("x", 1, 1, old), now=0)
+    t1.apply(snap("y", 1, 1, new, hop=HOP_Y), now=0)
+    t2.apply(snap("y", 1, 1, new, hop=HOP_Y), now=0)
+    t2.apply(snap("x", 1, 1, old), now=0)
+    assert t1.winner(A).owner == t2.winner(A).owner == "y"
+    assert t1.desired_routes() == t2.desired_routes() == {ipaddress.ip_network(A): HOP_Y}
+
+
+def test_equal_stamps_break_ties_by_owner_name():
+    t = table()
+    t.apply(snap("x", 1, 1, rec(stamp=5)), now=0)
+    t.apply(snap("y", 1, 1, rec(stamp=5), hop=HOP_Y), now=0)
+    assert t.winner(A).owner == "y"
+
+
+def test_local_winner_means_no_route():
+    t = table()
+    t.apply(snap("x", 1, 1, rec(stamp=100)), now=0)
+    t.set_local(rec(stamp=200))
+    assert t.desired_routes() == {}
+    t.remove_local(A)
+    assert t.desired_routes() == {ipaddress.ip_network(A): HOP_X}
+
+
+def test_late_replay_of_an_old_delta_changes_nothing():
+    t = table()
+    t.apply(snap("x", 1, 1), now=0)
+    t.apply(delta("x", 1, 2, rec()), now=0)
+    t.apply(delta("x", 1, 3, None), now=0)
+    t.take_dirty()
+    t.apply(delta("x", 1, 2, rec()), now=0)  # late duplicate of the connect
+    assert t.desired_routes() == {}
+    assert t.take_dirty() == set()
+    assert t.counters.stale == 1
+
+
+def test_out_of_order_deltas_for_different_addresses_both_apply():
+    t = table()
+    t.apply(snap("x", 1, 1), now=0)
+    t.apply(delta("x", 1, 3, rec(B), address=B), now=0)
+    t.apply(delta("x", 1, 2, rec(A)), now=0)
+    assert set(t.desired_routes()) == {ipaddress.ip_network(A), ipaddress.ip_network(B)}
+
+
+def test_snapshot_older_than_a_delta_keeps_the_delta():
+    t = table()
+    t.apply(delta("x", 1, 5, rec()), now=0)
+    t.apply(snap("x", 1, 4), now=0)  # sent before the delta, arrived after it
+    assert t.winner(A).owner == "x"
+
+
+def test_snapshot_is_authoritative_for_older_seqs():
+    t = table()
+    t.apply(snap("x", 1, 10, rec()), now=0)
+    t.apply(delta("x", 1, 9, None), now=0)  # older than the snapshot: ignored
+    assert t.winner(A).owner == "x"
+    t.apply(snap("x", 1, 11), now=0)
+    assert t.winner(A) is None
+
+
+def test_new_epoch_keeps_claims_until_its_snapshot():
+    t = table()
+    t.apply(snap("x", 1, 7, rec()), now=0)
+    t.take_dirty()
+    t.apply(SyncRequest(Header("x", 2, 1), target=None), now=1)
+    assert t.winner(A).owner == "x"  # restart: nothing withdrawn yet
+    t.apply(snap("x", 2, 2, rec()), now=1)
+    assert t.take_dirty() == set()  # same record re-sent: nothing changed
+    t.apply(delta("x", 1, 8, None), now=1)  # old epoch, late: ignored
+    assert t.winner(A).owner == "x"
+
+
+def test_hold_time_expiry_and_freeze():
+    t = table()
+    t.apply(snap("x", 1, 1, rec()), now=0)
+    t.freeze("test")
+    assert t.expire(now=100) == []
+    assert t.winner(A) is not None
+    t.thaw(now=100)
+    assert t.expire(now=105) == []
+    assert t.expire(now=110.5) == ["x"]
+    assert t.desired_routes() == {}
+
+
+def test_expired_peer_is_relearned_when_it_speaks_again():
+    t = table()
+    t.apply(snap("x", 1, 1, rec()), now=0)
+    t.expire(now=20)
+    t.apply(snap("x", 1, 5, rec()), now=21)
+    assert t.winner(A).owner == "x"
+
+
+def test_goodbye_drops_at_once_and_old_epoch_stays_gone():
+    t = table()
+    t.apply(snap("x", 1, 1, rec()), now=0)
+    t.apply(Goodbye(Header("x", 1, 2)), now=0)
+    assert t.winner(A) is None and "x" not in t.peers
+    t.apply(delta("x", 1, 3, rec()), now=0)  # a straggler from the same epoch
+    assert t.winner(A) is None
+    t.apply(snap("x", 2, 1, rec()), now=1)  # restarted: heard again
+    assert t.winner(A).owner == "x"
+
+
+def test_claims_outside_client_networks_are_refused():
+    t = table()
+    outside = ipaddress.ip_address("192.0.2.9")
+    t.apply(snap("x", 1, 1, rec(outside), rec()), now=0)
+    assert set(t.desired_routes()) == {ipaddress.ip_network(A)}
+    assert t.counters.refused_claims == 1
+
+
+def test_per_peer_cap():
+    t = table(max_claims_per_peer=1)
+    t.apply(snap("x", 1, 1, rec(A), rec(B)), now=0)
+    assert len(t.desired_routes()) == 1
+    t.apply(delta("x", 1, 2, rec(ipaddress.ip_address("10.100.0.7")), address=B), now=0)
+    assert len(t.desired_routes()) == 1
+    assert t.counters.refused_claims == 2
+
+
+def test_next_hops_are_never_route_destinations():
+    t = table()
+    hop_as_client = ipaddress.ip_address("10.100.9.9")
+    t.apply(snap("x", 1, 1, rec(hop_as_client)), now=0)
+    t.apply(snap("y", 1, 1, hop=hop_as_client), now=0)
+    assert t.desired_routes() == {}
+    assert t.desired_routes(own_next_hops=[A]) == {}
+
+
+def test_heartbeat_digest_mismatch_asks_for_snapshot():
+    t = table()
+    t.apply(snap("x", 1, 1, rec()), now=0)
+    good = ClaimSet()
+    good.set(rec())
+    beat = Heartbeat(Header("x", 1, 2), HOP_X, None, state_seq=1, count=1, digest=good.digest)
+    assert t.apply(beat, now=1).request_sync_from is None
+    lost = Heartbeat(Header("x", 1, 3), HOP_X, None, state_seq=2, count=2, digest="0" * 16)
+    assert t.apply(lost, now=2).request_sync_from == "x"
+
+
+def test_sync_request_is_answered_to_the_requester():
+    t = table()
+    assert t.apply(SyncRequest(Header("x", 1, 1), None), now=0).send_snapshot_to == "x"
+    assert t.apply(SyncRequest(Header("x", 1, 2), "me"), now=0).send_snapshot_to == "x"
+    assert t.apply(SyncRequest(Header("x", 1, 3), "zz"), now=0).send_snapshot_to is None
+
+
+def test_digest_is_order_independent():
+    a, b = ClaimSet(), ClaimSet()
+    for r in (rec(A), rec(B, stamp=3)):
+        a.set(r)
+    for r in (rec(B, stamp=3), rec(A)):
+        b.set(r)
+    assert a.digest == b.digest
+    b.remove(A)
+    assert a.digest != b.digest
