@@ -1,0 +1,188 @@
+"""Parse OpenVPN ``status 2`` / ``status 3`` output into client sessions (pure).
+
+The client list is read by HEADER names, never by column positions, because the
+columns changed between releases (from OpenVPN's ``multi.c``):
+
+- 2.3: Common Name, Real Address, Virtual Address, Bytes Received, Bytes Sent,
+  Connected Since, Connected Since (time_t), Username
+- 2.4: adds Virtual IPv6 Address (after Virtual Address), Client ID, Peer ID
+- 2.5, 2.6: add Data Channel Cipher (2.6 also adds ``GLOBAL_STATS dco_enabled``)
+
+``status 3`` separates fields with tabs, ``status 2`` with commas (a comma inside a
+common name breaks ``status 2``: prefer 3).
+
+Invariants:
+
+- Only "Common Name", "Real Address", "Virtual Address" and "Connected Since
+  (time_t)" are required columns; the rest are used when present.
+- A row that is still authenticating (common name ``UNDEF``, or no virtual address
+  yet) is skipped and counted, not reported as a problem.
+- One malformed row never loses the others: it becomes a :class:`ParseError` in
+  ``StatusReport.problems`` and parsing goes on.
+- Output that is not a whole status document (no CLIENT_LIST header, no ``END``:
+  for example a truncated read) raises :class:`ParseError`: the poll result is the
+  reconciling truth, and a partial list would wrongly retract live clients.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any
+
+COMMON_NAME = "Common Name"
+REAL_ADDRESS = "Real Address"
+VIRTUAL_ADDRESS = "Virtual Address"
+VIRTUAL_ADDRESS6 = "Virtual IPv6 Address"
+CONNECTED_SINCE = "Connected Since (time_t)"
+CLIENT_ID = "Client ID"
+REQUIRED_COLUMNS = (COMMON_NAME, REAL_ADDRESS, VIRTUAL_ADDRESS, CONNECTED_SINCE)
+PENDING_COMMON_NAME = "UNDEF"
+_TAGS = ("TITLE", "TIME", "HEADER", "CLIENT_LIST")
+
+
+class ParseError(ValueError):
+    """What is wrong, and on which line (1-based; 0 = the document as a whole)."""
+
+    def __init__(self, line_number: int, message: str, line: str = "") -> None:
+        where = f"line {line_number}: " if line_number else ""
+        super().__init__(f"{where}{message}")
+        self.line_number = line_number
+        self.message = message
+        self.line = line
+
+
+@dataclass(frozen=True)
+class ClientSession:
+    """One connected, authenticated client as the server's status lists it."""
+
+    common_name: str
+    real_address: str
+    virtual_address: ipaddress.IPv4Address | None
+    virtual_address6: ipaddress.IPv6Address | None
+    connected_since: int
+    client_id: int | None
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """The parsed document: good sessions, per-row problems and the header lines."""
+
+    sessions: tuple[ClientSession, ...]
+    problems: tuple[ParseError, ...] = ()
+    pending: int = 0
+    title: str | None = None
+    time: int | None = None
+    columns: tuple[str, ...] = field(default=(), repr=False)
+
+
+def parse_status(text: str) -> StatusReport:
+    """Parse a whole ``status 2``/``status 3`` document; see the module invariants."""
+    lines = text.splitlines()
+    sep = _separator(lines)
+    header: _Header | None = None
+    sessions: list[ClientSession] = []
+    problems: list[ParseError] = []
+    pending = 0
+    title: str | None = None
+    stamp: int | None = None
+    for number, line in enumerate(lines, start=1):
+        fields = line.split(sep)
+        tag = fields[0]
+        if tag == "END" and len(fields) == 1:
+            if header is None:
+                raise ParseError(0, "no 'HEADER CLIENT_LIST' line before END")
+            return StatusReport(
+                tuple(sessions), tuple(problems), pending, title, stamp, header.columns
+            )
+        if tag == "TITLE":
+            title = sep.join(fields[1:])
+        elif tag == "TIME":
+            stamp = _time_line(fields, number, line, problems)
+        elif tag == "HEADER" and fields[1:2] == ["CLIENT_LIST"]:
+            header = _Header.parse(fields[2:], number, line)
+        elif tag == "CLIENT_LIST":
+            if header is None:
+                raise ParseError(number, "CLIENT_LIST row before its HEADER line", line)
+            try:
+                session = header.session(fields[1:], number, line)
+            except ParseError as exc:
+                problems.append(exc)
+                continue
+            if session is None:
+                pending += 1
+            else:
+                sessions.append(session)
+        # Other records (ROUTING_TABLE, GLOBAL_STATS, future ones) are not ours.
+    raise ParseError(0, "truncated status: no END line")
+
+
+def _separator(lines: list[str]) -> str:
+    """Tab for ``status 3``, comma for ``status 2``: the character after the first tag."""
+    for line in lines:
+        if line.startswith("OpenVPN CLIENT LIST"):
+            raise ParseError(0, "status version 1 output; ask for 'status 3'")
+        for tag in _TAGS:
+            if line.startswith(tag) and line[len(tag) : len(tag) + 1] in ("\t", ","):
+                return line[len(tag)]
+    raise ParseError(0, "not OpenVPN status 2/3 output (no TITLE/TIME/HEADER line)")
+
+
+def _time_line(fields: list[str], number: int, line: str, problems: list[ParseError]) -> int | None:
+    # TIME <ascii time> <time_t>; the ascii form is local time, only time_t is usable.
+    if len(fields) >= 3 and fields[-1].isdigit():
+        return int(fields[-1])
+    problems.append(ParseError(number, "TIME line without a time_t field", line))
+    return None
+
+
+@dataclass(frozen=True)
+class _Header:
+    columns: tuple[str, ...]
+    index: dict[str, int]
+    line_number: int
+
+    @classmethod
+    def parse(cls, columns: list[str], number: int, line: str) -> _Header:
+        index = {name: i for i, name in enumerate(columns)}
+        missing = [name for name in REQUIRED_COLUMNS if name not in index]
+        if missing:
+            raise ParseError(number, f"CLIENT_LIST header lacks {', '.join(missing)}", line)
+        return cls(tuple(columns), index, number)
+
+    def session(self, values: list[str], number: int, line: str) -> ClientSession | None:
+        if len(values) != len(self.columns):
+            raise ParseError(
+                number,
+                f"CLIENT_LIST row has {len(values)} fields, the header on line "
+                f"{self.line_number} has {len(self.columns)}",
+                line,
+            )
+        row = dict(zip(self.columns, values, strict=True))
+        common_name = row[COMMON_NAME]
+        v4_text, v6_text = row[VIRTUAL_ADDRESS], row.get(VIRTUAL_ADDRESS6, "")
+        if common_name in ("", PENDING_COMMON_NAME) or not (v4_text or v6_text):
+            return None
+        return ClientSession(
+            common_name=common_name,
+            real_address=row[REAL_ADDRESS],
+            virtual_address=_ip(v4_text, ipaddress.IPv4Address, VIRTUAL_ADDRESS, number, line),
+            virtual_address6=_ip(v6_text, ipaddress.IPv6Address, VIRTUAL_ADDRESS6, number, line),
+            connected_since=_int(row[CONNECTED_SINCE], CONNECTED_SINCE, number, line),
+            client_id=_int(row[CLIENT_ID], CLIENT_ID, number, line) if row.get(CLIENT_ID) else None,
+        )
+
+
+def _ip(text: str, kind: type, column: str, number: int, line: str) -> Any:
+    if not text:
+        return None
+    try:
+        return kind(text)
+    except ValueError:
+        raise ParseError(number, f"{column} {text!r} is not an {kind.__name__}", line) from None
+
+
+def _int(text: str, column: str, number: int, line: str) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise ParseError(number, f"{column} {text!r} is not a non-negative integer", line)
+    return int(text)
