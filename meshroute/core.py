@@ -89,7 +89,7 @@ class AgentCore:
             client_networks=settings.client_networks,
             max_claims_per_peer=settings.max_claims_per_peer,
         )
-        self.local = LocalClaims(self.table)
+        self.local = LocalClaims(self.table, started_ms=epoch)
         self.outbox: list[Outgoing] = []
         self.local_known = False
         self.bus_up = False

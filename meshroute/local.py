@@ -13,12 +13,15 @@ address on every agent.
   this agent has seen for the address (a stale session on the old server):
   ``max(now_ms, connected_since_ms, highest known stamp + 1)`` (a hybrid logical
   clock: wall time when clocks agree, causal order when they do not).
-- A session found by the agent's **first poll** after it started is one it may
-  have published before a restart: it takes the stamp its peers echoed back for
-  that very session (same address, client and ``connected_since``), so the
-  restart changes nothing anywhere; with no echo, ``connected_since * 1000``.
-- A session found by a **later poll** (the hooks missed it) started since the
-  previous poll, so it is new: ``max(connected_since_ms, highest known stamp + 1)``.
+- A session found by the agent's **first poll** after it started, and older than
+  the start, is one it may have published before a restart: it takes the stamp
+  its peers echoed back for that very session (same address, client and
+  ``connected_since``), so the restart changes nothing anywhere; with no echo,
+  ``connected_since * 1000``.
+- Any other session found by a poll (the hooks missed it) started since the
+  previous poll or the start. It beats the sessions that started before it, but
+  not newer ones (the client may already have moved on):
+  ``max(connected_since_ms, highest stamp among older sessions + 1)``.
 - A session keeps its stamp for its whole life; a later poll only fills in the real
   ``connected_since`` of a session first seen by ``learn-address``.
 
@@ -67,8 +70,9 @@ class LocalClaims:
     the agent publishes as deltas.
     """
 
-    def __init__(self, table: ClaimTable) -> None:
+    def __init__(self, table: ClaimTable, started_ms: int = 0) -> None:
         self.table = table
+        self.started_s = started_ms // 1000
         self._entries: dict[Address, _Entry] = {}
         self._removed_at: dict[Address, float] = {}
         self._polled = False
@@ -159,18 +163,28 @@ class LocalClaims:
             if session.connected_since < current.connected_since:
                 return []  # an older view of a session we already know is newer
         stamp = session.connected_since * 1000
-        if self._polled:
-            stamp = max(stamp, self.table.max_stamp(address) + 1)
-        else:
-            echo = self.table.echoed.get(address)
-            if echo is not None and (echo.common_name, echo.connected_since) == (
-                session.common_name,
-                session.connected_since,
-            ):
-                stamp = echo.stamp
+        echo = self.table.echoed.get(address) if not self._polled else None
+        if echo is not None and (echo.common_name, echo.connected_since) == (
+            session.common_name,
+            session.connected_since,
+        ):
+            stamp = echo.stamp  # our own session from before a restart
+        elif self._polled or session.connected_since >= self.started_s:
+            stamp = max(stamp, self._older_than(address, session.connected_since) + 1)
         record = ClaimRecord(address, session.common_name, session.connected_since, stamp)
         self._entries[address] = _Entry(observed_at=fetched_at, since_estimated=False)
         return self._set(record)
+
+    def _older_than(self, address: Address, since: int) -> int:
+        """The highest stamp of claims for ``address`` from sessions older than ``since``.
+
+        A session found by a poll beats only sessions that started in an earlier
+        second: the client may have moved on since (its newer session elsewhere must
+        keep winning), and within one second the hook's millisecond stamp is the
+        better witness.
+        """
+        holders = self.table.claims_for(address).values()
+        return max((r.stamp for r in holders if r.connected_since < since), default=-1)
 
     def _set(self, record: ClaimRecord) -> list[Change]:
         return [(record.address, record)] if self.table.set_local(record) else []

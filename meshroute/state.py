@@ -55,30 +55,34 @@ log = logging.getLogger(__name__)
 
 
 def record_hash(record: ClaimRecord) -> int:
-    """A 64-bit hash of one claim record; XORed together they digest a claim set."""
+    """A 64-bit hash of one claim record (blake2b of ``address|cn|since|stamp``)."""
     text = f"{record.address}|{record.common_name}|{record.connected_since}|{record.stamp}"
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
 
 
 class ClaimSet:
-    """address -> record, with an order-independent digest kept up to date in O(1)."""
+    """address -> record, with an order-independent digest kept up to date in O(1).
+
+    The digest is the sum mod 2**64 of the records' 64-bit hashes (the heartbeat's
+    ``digest``, 16 hex digits): adding or removing one record is one addition.
+    """
 
     def __init__(self) -> None:
         self.records: dict[Address, ClaimRecord] = {}
-        self._xor = 0
+        self._sum = 0
 
     def set(self, record: ClaimRecord) -> ClaimRecord | None:
         old = self.records.get(record.address)
         if old is not None:
-            self._xor ^= record_hash(old)
+            self._sum -= record_hash(old)
         self.records[record.address] = record
-        self._xor ^= record_hash(record)
+        self._sum += record_hash(record)
         return old
 
     def remove(self, address: Address) -> ClaimRecord | None:
         old = self.records.pop(address, None)
         if old is not None:
-            self._xor ^= record_hash(old)
+            self._sum -= record_hash(old)
         return old
 
     def __len__(self) -> int:
@@ -86,7 +90,7 @@ class ClaimSet:
 
     @property
     def digest(self) -> str:
-        return f"{self._xor:016x}"
+        return f"{self._sum % 2**64:016x}"
 
 
 @dataclass
@@ -119,6 +123,9 @@ class Reaction:
 
 NOTHING = Reaction()
 
+# How long (in hold times) the claims of a departed peer are kept for its echo.
+REMEMBER_HOLD_TIMES = 20
+
 
 @dataclass
 class Counters:
@@ -148,6 +155,9 @@ class ClaimTable:
         self.frozen = False
         self.counters = Counters()
         self.echoed: dict[Address, ClaimRecord] = {}  # our own claims, as peers hold them
+        # Claims of peers that left (goodbye, expiry), kept only to echo them back if
+        # the peer starts again: never used for routes. Forgotten after a while.
+        self._remembered: dict[str, tuple[float, tuple[ClaimRecord, ...]]] = {}
         self._by_address: dict[Address, dict[str, ClaimRecord]] = {}
         self._dirty: set[Address] = set()
 
@@ -178,7 +188,7 @@ class ClaimTable:
             self.counters.stale += 1
             return NOTHING
         if isinstance(message, Goodbye):
-            return self._goodbye(header)
+            return self._goodbye(header, now)
         peer = self._peer_for(header, now)
         if peer is None:
             self.counters.stale += 1
@@ -237,6 +247,7 @@ class ClaimTable:
         peer.versions = {a: v for a, v in peer.versions.items() if v > seq}
         peer.snapshot_seq = seq
         peer.synced = True
+        self._remembered.pop(peer.name, None)
 
     def _keep_echo(self, echo: Iterable[ClaimRecord]) -> None:
         for record in echo:
@@ -247,8 +258,8 @@ class ClaimTable:
     def held_for(self, name: str) -> tuple[ClaimRecord, ...]:
         """The claims we hold for agent ``name`` (its echo in our answer to it)."""
         peer = self.peers.get(name)
-        if peer is None:
-            return ()
+        if peer is None or not peer.claims.records:
+            return self._remembered.get(name, (0.0, ()))[1]
         records = peer.claims.records
         return tuple(records[a] for a in sorted(records, key=address_key))
 
@@ -280,11 +291,11 @@ class ClaimTable:
             return True
         return not peer.refused and beat.digest != peer.claims.digest
 
-    def _goodbye(self, header: Header) -> Reaction:
+    def _goodbye(self, header: Header, now: float) -> Reaction:
         peer = self.peers.get(header.origin)
         if peer is not None and header.epoch >= peer.epoch:
             log.info("peer %s said goodbye (epoch %s)", peer.name, header.epoch)
-            self._drop_peer(peer)
+            self._drop_peer(peer, now)
         self.departed[header.origin] = max(header.epoch, self.departed.get(header.origin, -1))
         return NOTHING
 
@@ -330,6 +341,8 @@ class ClaimTable:
         """Drop peers silent for longer than the hold time; return their names."""
         if self.frozen:
             return []
+        forget = now - REMEMBER_HOLD_TIMES * self.hold_time
+        self._remembered = {n: r for n, r in self._remembered.items() if r[0] >= forget}
         dead = [p for p in self.peers.values() if now - p.last_seen > self.hold_time]
         for peer in dead:
             log.warning(
@@ -338,11 +351,12 @@ class ClaimTable:
             )  # fmt: skip
             # Not marked departed: a peer that was only cut off comes back with the
             # same epoch and is relearned from its next snapshot.
-            self._drop_peer(peer)
+            self._drop_peer(peer, now)
             self.counters.expired_peers += 1
         return [p.name for p in dead]
 
-    def _drop_peer(self, peer: PeerView) -> None:
+    def _drop_peer(self, peer: PeerView, now: float) -> None:
+        self._remembered[peer.name] = (now, self.held_for(peer.name))
         for address in list(peer.claims.records):
             self._peer_set(peer, address, None)
         del self.peers[peer.name]

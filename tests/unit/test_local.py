@@ -24,28 +24,28 @@ def test_hook_connect_beats_a_newer_looking_stale_claim():
     # A peer's stale claim with a stamp ahead of our wall clock (its clock runs fast).
     stale = ClaimRecord(A, "c1", 1_700_000_100, WALL + 50_000)
     table.apply(Snapshot(Header("x", 1, 1), HOP, None, (stale,)), now=0)
-    [(address, record)] = local.connected(A, "c1", WALL // 1000, now=1, wall_ms=WALL)
+    [(_address, record)] = local.connected(A, "c1", WALL // 1000, now=1, wall_ms=WALL)
     assert record.stamp == WALL + 50_001
     assert table.winner(A).owner == "me"
     assert table.desired_routes() == {}
 
 
 def test_client_connect_then_learn_address_make_one_claim():
-    table, local = make()
+    _table, local = make()
     first = local.connected(A, "c1", 1000, now=1, wall_ms=WALL)
     assert len(first) == 1
     assert local.connected(A, "c1", None, now=1.01, wall_ms=WALL + 10, source=LEARN_ADDRESS) == []
 
 
 def test_a_new_client_connect_is_a_new_session_even_within_the_same_second():
-    table, local = make()
+    _table, local = make()
     [(_, first)] = local.connected(A, "c1", 1000, now=1, wall_ms=WALL)
     [(_, again)] = local.connected(A, "c1", 1000, now=1.05, wall_ms=WALL + 50)
     assert again.stamp > first.stamp
 
 
 def test_learn_address_alone_is_a_new_session():
-    table, local = make()
+    _table, local = make()
     [(_, guessed)] = local.connected(A, "c1", None, now=1, wall_ms=WALL, source=LEARN_ADDRESS)
     assert guessed.connected_since == WALL // 1000
     [(_, later)] = local.connected(A, "c1", None, now=9, wall_ms=WALL + 8000, source=LEARN_ADDRESS)
@@ -53,7 +53,7 @@ def test_learn_address_alone_is_a_new_session():
 
 
 def test_poll_fills_in_connected_since_of_a_learn_address_session():
-    table, local = make()
+    _table, local = make()
     [(_, guessed)] = local.connected(A, "c1", None, now=1, wall_ms=WALL, source=LEARN_ADDRESS)
     [(_, polled)] = local.poll([Session(A, "c1", 999)], fetched_at=5)
     assert polled.connected_since == 999 and polled.stamp == guessed.stamp
@@ -95,7 +95,7 @@ def test_poll_does_not_resurrect_a_client_a_hook_removed_after_the_fetch():
 
 
 def test_disconnect_of_another_client_keeps_the_claim():
-    table, local = make()
+    _table, local = make()
     local.connected(A, "c1", 1000, now=1, wall_ms=WALL)
     assert local.disconnected(A, "someone-else", now=2) == []
     assert local.disconnected(A, None, now=3) == [(A, None)]  # learn-address delete

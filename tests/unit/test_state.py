@@ -200,3 +200,15 @@ def test_digest_is_order_independent():
     assert a.digest == b.digest
     b.remove(A)
     assert a.digest != b.digest
+
+
+def test_digest_changes_with_any_field():
+    base = rec()
+    variants = [rec(B), rec(cn="c9"), rec(since=101), rec(stamp=100_001)]
+    digests = set()
+    for r in [base, *variants]:
+        one = ClaimSet()
+        one.set(r)
+        digests.add(one.digest)
+    assert len(digests) == 5
+    assert ClaimSet().digest == "0" * 16

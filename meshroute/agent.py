@@ -1,0 +1,359 @@
+"""The agent's event loop: OpenVPN events in, bus messages across, kernel routes out.
+
+One :class:`Agent` per OpenVPN server. Every input arrives on one queue and is
+handled on the agent's own thread, in order:
+
+- bus envelopes and broker up/down, from the bus's I/O thread (which only enqueues:
+  pika services heartbeats only while its thread runs, so no kernel work there);
+- hook events, from the hook receiver's thread;
+- status polls, from the poller thread (one short management connection per poll);
+- CLI queries, from the control socket's threads (answered between events).
+
+After draining what is queued the loop runs timers, publishes what the core asked
+for, and reconciles the kernel once (level-triggered): only addresses whose claims
+changed, or everything on a full resync (at start, every ``resync_interval``, after
+any failed route, and when the start-up sync window ends). The kernel is written by
+this thread only.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+from meshroute import codec
+from meshroute.bus.base import Bus, Envelope
+from meshroute.clock import Clock
+from meshroute.core import AgentCore, CoreSettings
+from meshroute.dataplane.base import Dataplane
+from meshroute.local import CLIENT_CONNECT, LEARN_ADDRESS, Session
+from meshroute.model import Address, host_prefix
+from meshroute.openvpn.events import HookEvent
+from meshroute.reconcile import Plan, RouteSync
+from meshroute.views import health_view, peers_view, table_view
+
+log = logging.getLogger(__name__)
+
+StatusSource = Callable[[], Sequence[Session]]
+
+
+@dataclass(frozen=True)
+class _BusState:
+    up: bool
+
+
+@dataclass(frozen=True)
+class _Polled:
+    sessions: Sequence[Session] | None
+    fetched_at: float
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class _Query:
+    kind: str
+    reply: Future
+
+
+@dataclass
+class AgentStats:
+    started_at: float = 0.0
+    decode_errors: int = 0
+    hook_events: int = 0
+    ignored_local: int = 0
+    polls_ok: int = 0
+    polls_failed: int = 0
+    last_poll_at: float | None = None
+    last_poll_error: str | None = None
+    applies: int = 0
+    apply_failures: int = 0
+    last_apply_at: float | None = None
+    last_apply_summary: str = ""
+    full_resyncs: int = 0
+    route_errors: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    status_poll_interval: float = 10.0
+    resync_interval: float = 30.0
+    tick: float = 0.1
+    retry_after_failure: float = 1.0
+
+
+class Agent:
+    """Wires the core to a bus, a dataplane, OpenVPN sources and a clock (all injected)."""
+
+    def __init__(
+        self,
+        core: AgentCore,
+        *,
+        bus: Bus,
+        dataplane: Dataplane,
+        status_source: StatusSource,
+        clock: Clock,
+        settings: LoopSettings | None = None,
+    ) -> None:
+        self.core = core
+        self.bus = bus
+        self.dataplane = dataplane
+        self.status_source = status_source
+        self.clock = clock
+        self.settings = settings or LoopSettings()
+        self.sync = RouteSync()
+        self.stats = AgentStats()
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._goodbye = True
+        self._poll_now = threading.Event()
+        self._next_resync = 0.0
+        self._was_synced = False
+        self._own_hops = tuple(h for h in (core.settings.next_hop, core.settings.next_hop6) if h)
+        self._threads: list[threading.Thread] = []
+        self.on_iteration: Callable[[Agent], None] | None = None  # metrics hook
+
+    # --- inputs, from any thread ------------------------------------------------
+
+    def on_message(self, envelope: Envelope) -> None:
+        self.inbox.put(envelope)
+
+    def on_connection(self, up: bool) -> None:
+        self.inbox.put(_BusState(up))
+
+    def on_hook(self, event: HookEvent) -> None:
+        self.inbox.put(event)
+
+    def query(self, kind: str, timeout: float = 5.0) -> dict:
+        """Answer a CLI query on the agent's thread (so the view is consistent)."""
+        reply: Future = Future()
+        self.inbox.put(_Query(kind, reply))
+        return reply.result(timeout=timeout)
+
+    def call_soon(self, func: Callable[[], None]) -> None:
+        """Run ``func`` on the agent's thread (SimpleQueue.put is safe in signal handlers)."""
+        self.inbox.put(func)
+
+    def reconfigure(self, core_settings: CoreSettings, loop: LoopSettings) -> None:
+        """Apply settings that can change at run time (on the agent's thread)."""
+        self.core.reconfigure(core_settings)
+        self.settings = loop
+        self.sync.full_resync_needed = True  # client networks may have changed
+
+    def request_stop(self, goodbye: bool = True) -> None:
+        """Safe from a signal handler: only sets flags that the loop polls.
+
+        ``goodbye=False`` stops for a restart: peers keep our claims for the hold
+        time, so a restart within it changes no route anywhere.
+        """
+        self._goodbye = goodbye
+        self._stop.set()
+
+    def poll_now(self) -> None:
+        self._poll_now.set()
+
+    # --- life -------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Run until :meth:`request_stop`; then say goodbye and close the bus."""
+        now = self.clock.monotonic()
+        self.stats.started_at = now
+        self.core.start(now)
+        self._start_poller()
+        self.bus.start(self)
+        log.info(
+            "agent %s started (epoch %s, next hops %s)",
+            self.core.name, self.core.epoch, ", ".join(map(str, self._own_hops)) or "none",
+        )  # fmt: skip
+        try:
+            while not self._stop.is_set():
+                self._iterate()
+        finally:
+            self._shutdown()
+
+    def _iterate(self) -> None:
+        try:
+            first = self.inbox.get(timeout=self.settings.tick)
+        except queue.Empty:
+            first = None
+        batch = [first] if first is not None else []
+        while len(batch) < 10_000:
+            try:
+                batch.append(self.inbox.get_nowait())
+            except queue.Empty:
+                break
+        queries = [item for item in batch if isinstance(item, _Query)]
+        for item in batch:
+            if not isinstance(item, _Query):
+                self._handle(item)
+        now = self.clock.monotonic()
+        self.core.tick(now)
+        self._publish()
+        self._reconcile(now)
+        for item in queries:  # answered after the reconcile, so "installed" is current
+            self._answer(item)
+        if self.on_iteration is not None:
+            self.on_iteration(self)
+
+    def _shutdown(self) -> None:
+        if self._goodbye:
+            log.info("agent %s stopping: saying goodbye", self.core.name)
+            self.core.stop()
+            self._publish()
+        else:
+            log.info("agent %s stopping for a restart: no goodbye", self.core.name)
+        self._poll_now.set()
+        self.bus.stop(timeout=5.0)
+        for thread in self._threads:
+            thread.join(timeout=5.0)
+
+    # --- handlers ---------------------------------------------------------------
+
+    def _handle(self, item: object) -> None:
+        now = self.clock.monotonic()
+        if isinstance(item, Envelope):
+            self._handle_envelope(item, now)
+        elif isinstance(item, HookEvent):
+            self._handle_hook(item, now)
+        elif isinstance(item, _Polled):
+            self._handle_poll(item)
+        elif callable(item):
+            item()
+        elif isinstance(item, _BusState):
+            if item.up:
+                self.core.on_bus_up(now)
+                self._poll_now.set()
+            else:
+                self.core.on_bus_down()
+
+    def _handle_envelope(self, envelope: Envelope, now: float) -> None:
+        try:
+            message = codec.decode(envelope.body, user_id=envelope.user_id)
+        except codec.CodecError as exc:
+            self.stats.decode_errors += 1
+            log.warning("refused a bus message from user %s: %s", envelope.user_id, exc)
+            return
+        self.core.on_message(message, now)
+
+    def _handle_hook(self, event: HookEvent, now: float) -> None:
+        self.stats.hook_events += 1
+        wall = self.clock.wall_ms()
+        addresses = [a for a in (event.address, event.address6) if a is not None]
+        for address in self._allowed(addresses, event.common_name):
+            if event.op in ("add", "update", "connect"):
+                source = CLIENT_CONNECT if event.kind == "client-connect" else LEARN_ADDRESS
+                since = event.connected_since
+                cn = event.common_name or ""
+                self.core.on_connect(address, cn, since, now=now, wall_ms=wall, source=source)
+            else:
+                self.core.on_disconnect(address, event.common_name, now=now)
+
+    def _handle_poll(self, polled: _Polled) -> None:
+        self.stats.last_poll_at = polled.fetched_at
+        if polled.sessions is None:
+            self.stats.polls_failed += 1
+            if polled.error != self.stats.last_poll_error:
+                log.warning("status poll failed (claims kept as they are): %s", polled.error)
+            self.stats.last_poll_error = polled.error
+            return
+        if self.stats.last_poll_error is not None:
+            log.info("status poll works again")
+        self.stats.polls_ok += 1
+        self.stats.last_poll_error = None
+        sessions = [s for s in polled.sessions if self._allowed([s.address], s.common_name)]
+        self.core.on_poll(sessions, fetched_at=polled.fetched_at)
+
+    def _allowed(self, addresses: Iterable[Address], common_name: str | None) -> list[Address]:
+        ok = [a for a in addresses if self.core.table.allowed(a)]
+        for address in set(addresses) - set(ok):
+            self.stats.ignored_local += 1
+            log.warning(
+                "client %s: address %s is outside client_networks; not announced",
+                common_name, address,
+            )  # fmt: skip
+        return ok
+
+    def _answer(self, query: _Query) -> None:
+        views = {"table": table_view, "peers": peers_view, "health": health_view}
+        try:
+            query.reply.set_result(views[query.kind](self))
+        except Exception as exc:  # a bad query must never stop the loop
+            query.reply.set_exception(exc)
+
+    # --- outputs ----------------------------------------------------------------
+
+    def _publish(self) -> None:
+        for out in self.core.take_outbox():
+            message = out.message
+            header = message.header
+            self.bus.publish(
+                codec.encode(message),
+                msg_type=message.type,
+                message_id=f"{header.origin}-{header.epoch}-{header.seq}",
+                to=out.to,
+            )
+
+    def _reconcile(self, now: float) -> None:
+        table = self.core.table
+        if self.core.synced and not self._was_synced:
+            self._was_synced = True
+            self.sync.full_resync_needed = True  # deletes were held back until now
+        allow_delete = self.core.synced
+        if self.sync.full_resync_needed or now >= self._next_resync:
+            table.take_dirty()
+            try:
+                kernel = self.dataplane.dump()
+            except OSError as exc:
+                log.error("cannot list owned routes: %s; retrying", exc)
+                self._next_resync = now + self.settings.retry_after_failure
+                return
+            desired = table.desired_routes(self._own_hops)
+            plan = self.sync.plan_full(kernel, desired, allow_delete=allow_delete)
+            self.stats.full_resyncs += 1
+            self._next_resync = now + self.settings.resync_interval
+        else:
+            dirty = table.take_dirty()
+            if not dirty:
+                return
+            desired = table.desired_for(dirty, self._own_hops)
+            prefixes = [host_prefix(a) for a in dirty]
+            plan = self.sync.plan_some(prefixes, desired, allow_delete=allow_delete)
+        if plan:
+            self._apply(plan, now)
+
+    def _apply(self, plan: Plan, now: float) -> None:
+        started = time.perf_counter()
+        result = self.dataplane.apply(plan.replace, plan.delete)
+        self.sync.record(plan, result.failed)
+        self.stats.applies += 1
+        self.stats.last_apply_at = now
+        self.stats.last_apply_summary = plan.summary()
+        self.stats.route_errors = {str(p): e for p, e in result.failed.items()}
+        log.info("routes: %s (%.1f ms)", plan.summary(), (time.perf_counter() - started) * 1e3)
+        if result.failed:
+            self.stats.apply_failures += 1
+            log.error("%d route(s) failed; full resync in %.1fs", len(result.failed),
+                      self.settings.retry_after_failure)  # fmt: skip
+            self._next_resync = min(self._next_resync, now + self.settings.retry_after_failure)
+
+    # --- status poller ----------------------------------------------------------
+
+    def _start_poller(self) -> None:
+        thread = threading.Thread(target=self._poller, name="status-poller", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _poller(self) -> None:
+        while not self._stop.is_set():
+            fetched_at = self.clock.monotonic()
+            try:
+                sessions = self.status_source()
+                self.inbox.put(_Polled(list(sessions), fetched_at))
+            except Exception as exc:  # any failure is reported, the poller goes on
+                self.inbox.put(_Polled(None, fetched_at, str(exc)))
+            self._poll_now.wait(self.settings.status_poll_interval)
+            self._poll_now.clear()
