@@ -60,7 +60,9 @@ def setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         force=True,
     )
-    logging.getLogger("pika").setLevel(logging.WARNING)
+    # pika logs every failed connection attempt at ERROR; the bus logs the same
+    # events once, with the agent's words, so pika speaks only when debugging.
+    logging.getLogger("pika").setLevel(logging.DEBUG if level == "debug" else logging.CRITICAL)
 
 
 def core_settings(config: Config, resolved: Resolved) -> CoreSettings:

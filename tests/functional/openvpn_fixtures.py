@@ -7,6 +7,7 @@ namespace never sees an interface. Every process is stopped by its own pid.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import subprocess
@@ -17,7 +18,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from meshroute.lab.openvpn_conf import (
+    ClientConf,
+    HookCommand,
+    ServerConf,
+    plan_pools,
+    render_client_config,
+    render_server_config,
+)
+from meshroute.lab.pki import make_pki
+from meshroute.openvpn.mgmt import MgmtEndpoint
+
 T = TypeVar("T")
+
+NETWORK = ipaddress.IPv4Network("10.100.100.0/24")
+NETWORK6 = ipaddress.IPv6Network("fd00:100::/64")
 
 
 def ip(*args: str) -> None:
@@ -113,3 +128,44 @@ def logs_on_failure(procs: Processes) -> Iterator[None]:
     except BaseException:
         print(procs.logs())
         raise
+
+
+def ping(netns: str, address: object) -> bool:
+    argv = ["ip", "netns", "exec", netns, "ping", "-c1", "-W1", "-q", str(address)]
+    return subprocess.run(argv, capture_output=True, check=False).returncode == 0
+
+
+def write_openvpn_configs(tmp: Path, ns: Netns, hook: HookCommand) -> Path:
+    """Server and client configs (one server srv1, one client cli1); the mgmt socket."""
+    pki = make_pki(tmp / "pki", ["srv1"], ["cli1"])
+    password_file = tmp / "mgmt.pw"
+    password_file.write_text("s3cret pass\n")
+    mgmt_sock = tmp / "mgmt.sock"
+    server = ServerConf(
+        name="srv1",
+        dev="mrtun-s",
+        port=1194,
+        local=ns.server_ip,
+        network=NETWORK,
+        network6=NETWORK6,
+        pool=plan_pools(NETWORK, 3, NETWORK6)[1],
+        ca=pki.ca_cert,
+        cert=pki.servers["srv1"].cert,
+        key=pki.servers["srv1"].key,
+        tls_crypt=pki.tls_crypt_key,
+        management=MgmtEndpoint.unix(mgmt_sock),
+        management_password_file=password_file,
+        hook=hook,
+    )
+    client = ClientConf(
+        name="cli1",
+        dev="mrtun-c",
+        remotes=((ns.server_ip, 1194),),
+        ca=pki.ca_cert,
+        cert=pki.clients["cli1"].cert,
+        key=pki.clients["cli1"].key,
+        tls_crypt=pki.tls_crypt_key,
+    )
+    (tmp / "server.conf").write_text(render_server_config(server))
+    (tmp / "client.conf").write_text(render_client_config(client))
+    return mgmt_sock

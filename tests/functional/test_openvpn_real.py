@@ -9,9 +9,7 @@ client-disconnect at once (explicit-exit-notify).
 
 from __future__ import annotations
 
-import ipaddress
 import queue
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,26 +18,29 @@ from pathlib import Path
 import pytest
 
 from meshroute.lab.openvpn_conf import (
-    ClientConf,
     HookCommand,
-    ServerConf,
     plan_pools,
-    render_client_config,
-    render_server_config,
 )
-from meshroute.lab.pki import make_pki
 from meshroute.openvpn.events import HookEvent
 from meshroute.openvpn.hook_receiver import HookReceiver
 from meshroute.openvpn.mgmt import ManagementClient, MgmtEndpoint, read_password_file
 from meshroute.openvpn.status import parse_status
-from tests.functional.openvpn_fixtures import Netns, Processes, logs_on_failure, netns_pair, poll
+from tests.functional.openvpn_fixtures import (
+    NETWORK,
+    NETWORK6,
+    Netns,
+    Processes,
+    logs_on_failure,
+    netns_pair,
+    ping,
+    poll,
+    write_openvpn_configs,
+)
 
 pytestmark = pytest.mark.functional
 
 REPO = Path(__file__).resolve().parents[2]
 MESHROUTE = REPO / ".venv" / "bin" / "meshroute"
-NETWORK = ipaddress.IPv4Network("10.100.100.0/24")
-NETWORK6 = ipaddress.IPv6Network("fd00:100::/64")
 
 
 @dataclass
@@ -84,48 +85,13 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         receiver.close()
 
 
-def ping(netns: str, address: object) -> bool:
-    argv = ["ip", "netns", "exec", netns, "ping", "-c1", "-W1", "-q", str(address)]
-    return subprocess.run(argv, capture_output=True, check=False).returncode == 0
-
-
 def write_configs(lab: Lab, hook_form: str) -> Path:
-    pki = make_pki(lab.tmp / "pki", ["srv1"], ["cli1"])
-    password_file = lab.tmp / "mgmt.pw"
-    password_file.write_text("s3cret pass\n")
-    mgmt_sock = lab.tmp / "mgmt.sock"
-    server = ServerConf(
-        name="srv1",
-        dev="mrtun-s",
-        port=1194,
-        local=lab.ns.server_ip,
-        network=NETWORK,
-        network6=NETWORK6,
-        pool=plan_pools(NETWORK, 3, NETWORK6)[1],
-        ca=pki.ca_cert,
-        cert=pki.servers["srv1"].cert,
-        key=pki.servers["srv1"].key,
-        tls_crypt=pki.tls_crypt_key,
-        management=MgmtEndpoint.unix(mgmt_sock),
-        management_password_file=password_file,
-        hook=(
-            HookCommand(MESHROUTE, lab.tmp / "hook.sock")
-            if hook_form == "console-script"
-            else HookCommand.fast(lab.tmp / "hook.sock")
-        ),
+    hook = (
+        HookCommand(MESHROUTE, lab.tmp / "hook.sock")
+        if hook_form == "console-script"
+        else HookCommand.fast(lab.tmp / "hook.sock")
     )
-    client = ClientConf(
-        name="cli1",
-        dev="mrtun-c",
-        remotes=((lab.ns.server_ip, 1194),),
-        ca=pki.ca_cert,
-        cert=pki.clients["cli1"].cert,
-        key=pki.clients["cli1"].key,
-        tls_crypt=pki.tls_crypt_key,
-    )
-    (lab.tmp / "server.conf").write_text(render_server_config(server))
-    (lab.tmp / "client.conf").write_text(render_client_config(client))
-    return mgmt_sock
+    return write_openvpn_configs(lab.tmp, lab.ns, hook)
 
 
 @pytest.mark.parametrize("hook_form", ["console-script", "python-S-script"])

@@ -8,90 +8,17 @@ serves one client at a time.
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
 import pytest
 
 from meshroute.openvpn.mgmt import ManagementClient, MgmtEndpoint, MgmtError, read_password_file
 from meshroute.openvpn.status import parse_status
-
-FIXTURES = Path(__file__).parent.parent / "fixtures" / "status"
-STATUS = (FIXTURES / "real-2.6.14-status3.txt").read_text().replace("\n", "\r\n")
-BANNER = b">INFO:OpenVPN Management Interface Version 5 -- type 'help' for more info\r\n"
-
-
-@dataclass
-class FakeManagement:
-    """One-client-at-a-time management server; knobs set before or between calls."""
-
-    listener: socket.socket
-    password: str | None = None
-    status: str = STATUS
-    delay: float = 0.0  # before every answer
-    old_style_bad_password: bool = False
-    notify_mid_status: bool = False
-    commands: list[str] = field(default_factory=list)
-    connections: int = 0
-    closed_cleanly: int = 0
-
-    def serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            with conn, contextlib.suppress(OSError):
-                self._session(conn, conn.makefile("rb"))
-
-    def _send(self, conn: socket.socket, data: bytes) -> None:
-        if self.delay:
-            time.sleep(self.delay)
-        conn.sendall(data)
-
-    def _session(self, conn: socket.socket, reader: BinaryIO) -> None:
-        if self.password is not None and not self._login(conn, reader):
-            return
-        self._send(conn, BANNER + b">HOLD:Waiting for hold release:0\r\n")
-        for raw in reader:
-            command = raw.decode().strip()
-            self.commands.append(command)
-            if command == "quit":
-                self.closed_cleanly += 1
-                return
-            if command.startswith("status"):
-                self._status(conn)
-            else:
-                self._send(conn, b"ERROR: unknown command, enter 'help' for more options\r\n")
-
-    def _login(self, conn: socket.socket, reader: BinaryIO) -> bool:
-        for _ in range(3):
-            self._send(conn, b"ENTER PASSWORD:")
-            line = reader.readline()
-            if not line:
-                return False
-            if line.decode().rstrip("\r\n") == self.password:
-                self._send(conn, b"SUCCESS: password is correct\r\n")
-                return True
-            if self.old_style_bad_password:
-                self._send(conn, b"ERROR: bad password\r\n")
-        return False
-
-    def _status(self, conn: socket.socket) -> None:
-        body = self.status.encode()
-        if self.notify_mid_status:
-            cut = body.index(b"HEADER\tROUTING")
-            body = body[:cut] + b">BYTECOUNT_CLI:0,100,200\r\n" + body[cut:]
-        # Send in small pieces so the client must reassemble lines across reads.
-        for i in range(0, len(body), 100):
-            self._send(conn, body[i : i + 100])
+from tests.fakes import STATUS, FakeManagement
 
 
 def eventually(condition: Callable[[], bool], timeout: float = 2.0) -> bool:

@@ -1,0 +1,147 @@
+"""Three real agents on a real RabbitMQ node, each programming a real kernel table.
+
+Every assertion reads the kernels with iproute2, not the agents' own view.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from meshroute import codec
+from meshroute.bus.amqp import AmqpBus
+from meshroute.model import ClaimRecord, Delta, Header, parse_address
+from tests.fakes import wait_until
+from tests.integration.conftest import Broker, Recorder
+from tests.integration.mesh import Mesh, backbone
+
+pytestmark = pytest.mark.integration
+
+FAST = {
+    "announce_interval": "0.5",
+    "hold_time": "3",
+    "status_poll_interval": "1",
+    "sync_timeout": "1",
+    "resync_interval": "5",
+}
+HOST = "10.100.100.50"
+
+
+@pytest.fixture
+def mesh(rabbit: Broker, tmp_path) -> Iterator[Mesh]:
+    rabbit.require_node()
+    exchange = rabbit.unique("mesh")  # each test on an exchange (and agents) of its own
+    m = Mesh(rabbit, tmp_path, exchange, FAST)
+    try:
+        for name in ("a", "b", "c"):
+            m.add(f"{name}-{exchange}")
+        for agent in m.agents.values():
+            agent.wait_ready()
+        yield m
+    finally:
+        m.close()
+        print(m.logs())  # pytest shows it when the test failed
+
+
+def trio(m: Mesh):
+    return list(m.agents.values())
+
+
+def all_routes(m: Mesh) -> dict[str, dict[str, str]]:
+    return {a.name: a.routes() for a in m.agents.values()}
+
+
+def test_routes_follow_a_client_and_ignore_a_late_replay(mesh: Mesh, rabbit: Broker):
+    a, b, c = trio(mesh)
+    a.connect(HOST, "host2")
+    wait_until(
+        lambda: b.routes().get(HOST) == backbone(1) and c.routes().get(HOST) == backbone(1),
+        5, "the route toward a on b and c",
+    )  # fmt: skip
+    assert a.routes() == {}
+    [row] = a.query("table")["claims"]
+    stale = ClaimRecord(parse_address(HOST), "host2", row["connected_since"], row["stamp"])
+    epoch = a.query("health")["epoch"]
+
+    time.sleep(1.1)  # the move happens in a later second
+    c.connect(HOST, "host2")  # a still lists its stale session (keepalive not expired)
+    wait_until(
+        lambda: a.routes().get(HOST) == backbone(3) and b.routes().get(HOST) == backbone(3),
+        5, "the routes to follow the client to c",
+    )  # fmt: skip
+    assert c.routes() == {}
+
+    # A late replay of a's old connect, sent with a's own broker credentials.
+    replay = Delta(Header(a.name, epoch, 1), stale.address, stale)
+    bus = AmqpBus([a.url], a.name, mesh.exchange)
+    bus.start(Recorder())
+    try:
+        wait_until(lambda: bus.connected, 10, "the replaying bus")
+        bus.publish(codec.encode(replay), msg_type="delta", message_id="replay")
+        before = all_routes(mesh)
+        time.sleep(2.5)  # several polls, heartbeats and a resync later
+        assert all_routes(mesh) == before
+        assert before[b.name][HOST] == backbone(3)
+    finally:
+        bus.stop(2)
+
+
+def test_kill_minus_nine_withdraws_after_hold_time_only_its_routes(mesh: Mesh):
+    a, b, c = trio(mesh)
+    a.connect(HOST, "host2")
+    b.connect("10.100.100.60", "host3")
+    wait_until(lambda: c.routes() == {HOST: backbone(1), "10.100.100.60": backbone(2)}, 5,
+               "both routes on c")  # fmt: skip
+    killed_at = time.monotonic()
+    b.signal(signal.SIGKILL)
+    time.sleep(1.5)  # within the hold time: nothing changes yet
+    assert c.routes() == {HOST: backbone(1), "10.100.100.60": backbone(2)}
+    wait_until(lambda: "10.100.100.60" not in c.routes(), 6, "b's route withdrawn on c")
+    assert time.monotonic() - killed_at < 3 + 1 + 1.5  # hold time + 1 s (+ polling slack)
+    assert c.routes() == {HOST: backbone(1)}
+    assert a.routes() == {}
+
+
+def test_restart_within_hold_time_changes_no_route_on_peers(mesh: Mesh):
+    a, b, c = trio(mesh)
+    a.connect(HOST, "host2")
+    b.connect("10.100.100.60", "host3")
+    wanted = {HOST: backbone(1), "10.100.100.60": backbone(2)}
+    wait_until(lambda: c.routes() == wanted, 5, "both routes on c")
+    b_routes = b.routes()
+    b.signal(signal.SIGKILL)
+    b.start()  # same sessions at its OpenVPN server, a new epoch
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # watch the kernels through the restart
+        assert c.routes() == wanted
+        assert a.routes() == {"10.100.100.60": backbone(2)}
+        time.sleep(0.05)
+    b.wait_ready()
+    assert b.routes() == b_routes
+    assert b.query("peers")["peers"][0]["state"] == "up"
+
+
+def test_broker_outage_removes_no_route_and_agents_reconnect(mesh: Mesh, rabbit: Broker):
+    a, b, c = trio(mesh)
+    a.connect(HOST, "host2")
+    wait_until(lambda: b.routes().get(HOST) == backbone(1), 5, "route on b")
+    before = all_routes(mesh)
+    node = rabbit.require_node()
+    node.stop_app()
+    try:
+        deadline = time.monotonic() + 3 * 2 + 1  # longer than twice the hold time
+        while time.monotonic() < deadline:
+            assert all_routes(mesh) == before
+            time.sleep(0.2)
+        assert all(agent.query("health")["frozen"] for agent in (a, b, c))
+        c.connect("10.100.100.70", "host4")  # a client arrives during the outage
+    finally:
+        node.start_app()
+    for agent in (a, b, c):
+        wait_until(lambda agent=agent: agent.query("health")["broker_connected"], 30,
+                   f"{agent.name} to reconnect by itself")  # fmt: skip
+    wait_until(lambda: a.routes().get("10.100.100.70") == backbone(3), 10, "convergence")
+    assert b.routes() == {HOST: backbone(1), "10.100.100.70": backbone(3)}
