@@ -302,6 +302,7 @@ _DURATION_OR_ZERO = _Kind("duration", _duration(allow_zero=True), _show_float, o
 _LISTEN = _Kind("host:port", lambda text: str(_parse_hostport(text)))
 _LOG_LEVEL = _Kind("level", _parse_log_level, optional=False)
 _NETNS = _Kind("netns", _pattern(r"[A-Za-z0-9_.-]{1,255}", "network namespace name"))
+_GROUP = _Kind("group", _pattern(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}", "group name"))
 
 
 # --- the config -----------------------------------------------------------------------
@@ -409,6 +410,14 @@ class Config:
     )
     hook_socket: pathlib.Path = field(
         default=_RUN / "hook.sock", metadata=_meta(_PATH, "Unix socket for `meshroute hook`.")
+    )
+    hook_socket_group: str | None = field(
+        default=None,
+        metadata=_meta(
+            _GROUP,
+            "Group that may write to hook_socket (OpenVPN's `group` when it drops root).",
+            "root only",
+        ),
     )
     metrics_listen: str | None = field(
         default=None, metadata=_meta(_LISTEN, "Serve Prometheus metrics at host:port.", "off")

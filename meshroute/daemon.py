@@ -47,10 +47,11 @@ def main(config_path: str | None, log_level: str | None = None) -> int:
         log.warning("config: %s", warning)
     try:
         resolved = resolve_defaults(config)
+        gid = hook_gid(config)
     except InterfaceError as exc:
         log.error("cannot start: %s", exc)
         return 2
-    return run(config, resolved, config_path, log_level)
+    return run(config, resolved, gid, config_path, log_level)
 
 
 def setup_logging(level: str) -> None:
@@ -131,7 +132,13 @@ def make_bus(config: Config, agent_name: str):
     return AmqpBus(config.broker_url, agent_name, config.exchange, tls=tls)
 
 
-def run(config: Config, resolved: Resolved, config_path: str | None, log_level: str | None) -> int:
+def run(
+    config: Config,
+    resolved: Resolved,
+    hook_group: int | None,
+    config_path: str | None,
+    log_level: str | None,
+) -> int:
     from meshroute.control import ControlServer
     from meshroute.dataplane.netlink import NetlinkDataplane
     from meshroute.openvpn.hook_receiver import HookReceiver
@@ -147,7 +154,7 @@ def run(config: Config, resolved: Resolved, config_path: str | None, log_level: 
         clock=clock,
         settings=loop_settings(config),
     )
-    hooks = HookReceiver(config.hook_socket, agent.on_hook)
+    hooks = HookReceiver(config.hook_socket, agent.on_hook, gid=hook_group)
     control = ControlServer(config.control_socket, agent.query)
     metrics = config.metrics_endpoint()
     if metrics is not None:
@@ -167,6 +174,18 @@ def run(config: Config, resolved: Resolved, config_path: str | None, log_level: 
         dataplane.close()
     log.info("agent %s stopped", config.name)
     return 0
+
+
+def hook_gid(config: Config) -> int | None:
+    """The group allowed to write to the hook socket (OpenVPN after it drops root)."""
+    if config.hook_socket_group is None:
+        return None
+    import grp
+
+    try:
+        return grp.getgrnam(config.hook_socket_group).gr_gid
+    except KeyError:
+        raise InterfaceError(f"hook_socket_group: no group {config.hook_socket_group!r}") from None
 
 
 def _reloader(agent: Agent, current: Config, config_path: str | None, log_level: str | None):
