@@ -7,17 +7,20 @@ Every row is the median of ``--repeat`` runs (memory: of ``--memory-runs`` child
 processes, so that one measurement never inherits another's heap).
 
 a. Memory of one agent holding 100,000 claims from 100 peers (snapshots encoded,
-   decoded and applied as the agent does), then with the route mirror of the same
-   routes (``RouteSync.installed``); RSS of a child process that imported what the
-   agent imports (pika, pyroute2, prometheus_client, click), and tracemalloc.
+   decoded and applied as the agent does), then with the core's route mirror of the
+   same routes (``RouteSync.installed``), then with the dataplane's own mirror
+   (``FakeDataplane.owned``, prefix -> next hop, as ``NetlinkDataplane`` keeps one);
+   RSS of a child process that imported what the agent imports (pika, pyroute2,
+   prometheus_client, click), and tracemalloc.
 b. Churn: hook datagrams parsed and fed to ``AgentCore.on_connect``/``on_disconnect``
    in batches of 100, each batch followed by the agent's per-iteration work (tick,
-   encode the deltas, take_dirty, desired_for, plan_some, fake apply). And the
+   encode the deltas, take_dirty, desired_hops_for, plan_some, fake apply). And the
    receive side: 10,000 peer deltas decoded, applied and reconciled the same way.
-c. Join: a new core gets 50 snapshots x 200 claims (decoded), then desired_routes()
-   and a full plan against an empty kernel, then the fake apply.
-d. Full resync, pure part: desired_routes() + diff for 20,000 routes, no change;
-   its budget is DESIGN.md's 150 ms minus the ~60 ms kernel dump (bench_dataplane d).
+c. Join: a new core gets 50 snapshots x 200 claims (decoded), then desired_hops(),
+   a full plan against an empty kernel and its routes as prefixes, then the fake apply.
+d. Full resync, pure part: desired_hops() + RouteSync.plan_full (the dump's prefixes
+   read into the mirror, then the diff) for 20,000 routes, no change; its budget is
+   DESIGN.md's 150 ms minus the ~60 ms kernel dump (bench_dataplane d).
 
 Not a test: nothing here asserts on time. The targets are DESIGN.md's.
 """
@@ -44,9 +47,9 @@ from dataclasses import dataclass
 from meshroute import codec
 from meshroute.core import AgentCore, CoreSettings
 from meshroute.dataplane.fake import FakeDataplane
-from meshroute.model import ClaimRecord, Delta, Header, Snapshot, host_prefix
+from meshroute.model import ClaimRecord, Delta, Header, Snapshot
 from meshroute.openvpn.events import parse_hook_datagram
-from meshroute.reconcile import RouteSync, diff
+from meshroute.reconcile import Plan, RouteSync
 
 CLIENTS = ipaddress.IPv4Network("10.64.0.0/10")  # room for 100k+ claims
 SELF_HOP = ipaddress.IPv4Address("172.16.0.1")
@@ -131,8 +134,8 @@ class Loop:
         sync = RouteSync()
         table = core.table
         table.take_dirty()
-        plan = sync.plan_full(dataplane.dump(), table.desired_routes((SELF_HOP,)))
-        sync.record(plan, dataplane.apply(plan.replace, plan.delete).failed)
+        plan = sync.plan_full(dataplane.dump(), table.desired_hops((SELF_HOP,)))
+        sync.record(plan, dataplane.apply(plan.routes(), plan.deletes()).failed)
         dataplane.reset_counters()
         return cls(core, sync, dataplane)
 
@@ -145,10 +148,11 @@ class Loop:
         dirty = table.take_dirty()
         if not dirty:
             return
-        desired = table.desired_for(dirty, (SELF_HOP,))
-        plan = self.sync.plan_some([host_prefix(a) for a in dirty], desired)
+        desired = table.desired_hops_for(dirty, (SELF_HOP,))
+        plan = self.sync.plan_some(dirty, desired)
         if plan:
-            self.sync.record(plan, self.dataplane.apply(plan.replace, plan.delete).failed)
+            result = self.dataplane.apply(plan.routes(), plan.deletes())
+            self.sync.record(plan, result.failed)
 
 
 # --- measurement helpers --------------------------------------------------------------
@@ -197,25 +201,40 @@ def memory_child(peers: int, per_peer: int, trace: bool) -> dict[str, float]:
         body = snapshot_body(p, p * per_peer, per_peer)
         core.on_message(codec.decode(body, user_id=peer_name(p)), 1.0)
         del body
+    core.table.take_dirty()
     gc.collect()
     table_rss = vm_rss_kib()
     traced_table = tracemalloc.get_traced_memory()[0] if trace else 0
-    loop = Loop.for_core(core)
+    # The core's mirror, as after a successful first apply (keys: the claims' objects).
+    sync = RouteSync()
+    plan = sync.plan_full({}, core.table.desired_hops((SELF_HOP,)))
+    sync.record(plan, {})
+    del plan
+    gc.collect()
+    mirror_rss = vm_rss_kib()
+    traced_mirror = tracemalloc.get_traced_memory()[0] if trace else 0
+    # The dataplane's own mirror (prefix -> next hop), as NetlinkDataplane keeps one.
+    dataplane = FakeDataplane()
+    dataplane.apply(Plan(sync.installed).routes(), ())
+    dataplane.reset_counters()  # its request log is test bookkeeping, not a mirror
     gc.collect()
     routes_rss = vm_rss_kib()
     traced_routes = tracemalloc.get_traced_memory()[0] if trace else 0
-    assert len(loop.sync.installed) == peers * per_peer
+    assert len(sync.installed) == len(dataplane.owned) == peers * per_peer
     mib = 1024.0
     return {
         "core_only_rss": core_only / mib,
         "base_rss": base / mib,
         "table_rss": table_rss / mib,
+        "mirror_rss": mirror_rss / mib,
         "routes_rss": routes_rss / mib,
         "table_delta": (table_rss - base) / mib,
-        "routes_delta": (routes_rss - table_rss) / mib,
+        "mirror_delta": (mirror_rss - table_rss) / mib,
+        "dataplane_delta": (routes_rss - mirror_rss) / mib,
         "max_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / mib,
         "traced_table": traced_table / 2**20,
-        "traced_routes": (traced_routes - traced_table) / 2**20,
+        "traced_mirror": (traced_mirror - traced_table) / 2**20,
+        "traced_dataplane": (traced_routes - traced_mirror) / 2**20,
     }
 
 
@@ -338,11 +357,12 @@ def bench_join(bodies: list[tuple[str, bytes]]) -> dict[str, float]:
 
     def plan() -> None:
         kernel = dataplane.dump()
-        found["desired"] = desired = core.table.desired_routes((SELF_HOP,))
-        found["plan"] = sync.plan_full(kernel, desired, allow_delete=False)
+        desired = core.table.desired_hops((SELF_HOP,))
+        found["plan"] = plan = sync.plan_full(kernel, desired, allow_delete=False)
+        found["routes"], found["deletes"] = plan.routes(), plan.deletes()
 
     def install() -> None:
-        result = dataplane.apply(found["plan"].replace, found["plan"].delete)
+        result = dataplane.apply(found["routes"], found["deletes"])
         sync.record(found["plan"], result.failed)
 
     t_learn, t_plan, t_install = clock(learn), clock(plan), clock(install)
@@ -358,17 +378,18 @@ def bench_join(bodies: list[tuple[str, bytes]]) -> dict[str, float]:
 
 
 def bench_resync(core: AgentCore, kernel: dict) -> dict[str, float]:
-    own = (SELF_HOP,)
+    """What the agent's full resync does after the dump (Agent._reconcile)."""
+    own, sync = (SELF_HOP,), RouteSync()
     found: dict = {}
-    t_desired = clock(lambda: found.update(desired=core.table.desired_routes(own)))
-    t_diff = clock(lambda: found.update(plan=diff(found["desired"], kernel)))
-    t_plan_full = clock(lambda: RouteSync().plan_full(kernel, found["desired"]))
-    assert not found["plan"] and len(found["desired"]) == len(kernel)
+    t_desired = clock(lambda: found.update(desired=core.table.desired_hops(own)))
+    t_plan_full = clock(lambda: found.update(plan=sync.plan_full(kernel, found["desired"])))
+    t_prefixes = clock(lambda: found.update(routes=core.table.desired_routes(own)))
+    assert not found["plan"] and len(found["desired"]) == len(kernel) == len(found["routes"])
     return {
         "desired_ms": t_desired * 1e3,
-        "diff_ms": t_diff * 1e3,
-        "total_ms": (t_desired + t_diff) * 1e3,
         "plan_full_ms": t_plan_full * 1e3,
+        "total_ms": (t_desired + t_plan_full) * 1e3,
+        "desired_routes_ms": t_prefixes * 1e3,
     }
 
 
@@ -376,10 +397,10 @@ def resync_fixture(peers: int, per_peer: int) -> tuple[AgentCore, dict]:
     """A core with peers x per_peer routes; the kernel dump as fresh objects (cold)."""
     core = new_core()
     feed(core, snapshot_bodies(peers, per_peer), 1.0)
-    desired = core.table.desired_routes((SELF_HOP,))
+    desired = core.table.desired_hops((SELF_HOP,))
     kernel = {
-        ipaddress.IPv4Network(str(prefix)): ipaddress.IPv4Address(str(hop))
-        for prefix, hop in desired.items()
+        ipaddress.IPv4Network(f"{address}/32"): ipaddress.IPv4Address(str(hop))
+        for address, hop in desired.items()
     }
     return core, kernel
 
@@ -464,10 +485,13 @@ def memory_rows(args: argparse.Namespace) -> list[Row]:
         Row("a. RSS, python + pure core imported", f"{mem['core_only_rss']:.1f} MiB"),
         Row("a. RSS, + pika, pyroute2, prometheus, click", f"{mem['base_rss']:.1f} MiB"),
         Row("a. RSS delta, table 100k claims / 100 peers", f"{mem['table_delta']:.1f} MiB"),
-        Row("a. RSS delta, + route mirror (100k routes)", f"{mem['routes_delta']:.1f} MiB"),
-        Row("a. tracemalloc, table 100k claims", f"{traced['traced_table']:.1f} MiB"),
-        Row("a. tracemalloc, route mirror 100k", f"{traced['traced_routes']:.1f} MiB"),
-        Row("a. process RSS, table + mirror", f"{mem['routes_rss']:.1f} MiB", "<= 80 MB",
+        Row("a. RSS delta, + core mirror (RouteSync)", f"{mem['mirror_delta']:.1f} MiB"),
+        Row("a. RSS delta, + dataplane mirror (prefixes)", f"{mem['dataplane_delta']:.1f} MiB"),
+        Row("a. tracemalloc, table / core / dataplane mirror",
+            f"{traced['traced_table']:.1f} / {traced['traced_mirror']:.1f} / "
+            f"{traced['traced_dataplane']:.1f} MiB"),
+        Row("a. process RSS, table + core mirror", f"{mem['mirror_rss']:.1f} MiB"),
+        Row("a. process RSS, table + both mirrors", f"{mem['routes_rss']:.1f} MiB", "<= 80 MB",
             verdict(total_mb <= 80)),
         Row("a. process peak RSS (ru_maxrss)", f"{mem['max_rss']:.1f} MiB"),
     ]  # fmt: skip
@@ -489,7 +513,7 @@ def join_rows(args: argparse.Namespace) -> list[Row]:
     join = in_child("join", args)
     return [
         Row("c. join: decode + apply 50 x 200 snapshots", f"{join['learn_ms']:.1f} ms"),
-        Row("c. join: desired_routes + full plan", f"{join['plan_ms']:.1f} ms"),
+        Row("c. join: desired_hops + full plan + prefixes", f"{join['plan_ms']:.1f} ms"),
         Row("c. join: pure part total (10,000 routes)", f"{join['pure_ms']:.1f} ms",
             "<= 2 s with install", verdict(join["pure_ms"] <= 2_000)),
         Row("c. join: FakeDataplane.apply (not the kernel)", f"{join['fake_install_ms']:.1f} ms"),
@@ -500,11 +524,12 @@ def resync_rows(args: argparse.Namespace) -> list[Row]:
     resync = in_child("resync", args)
     budget = f"<= {RESYNC_BUDGET_MS} ms (150 - dump)"
     return [
-        Row("d. resync: desired_routes(), 20,000", f"{resync['desired_ms']:.1f} ms"),
-        Row("d. resync: diff, 20,000, no change", f"{resync['diff_ms']:.1f} ms"),
+        Row("d. resync: desired_hops(), 20,000", f"{resync['desired_ms']:.1f} ms"),
+        Row("d. resync: plan_full (dump -> mirror, diff)", f"{resync['plan_full_ms']:.1f} ms"),
         Row("d. resync: pure part total", f"{resync['total_ms']:.1f} ms",
             budget, verdict(resync["total_ms"] <= RESYNC_BUDGET_MS)),
-        Row("d. resync: RouteSync.plan_full (copy + diff)", f"{resync['plan_full_ms']:.1f} ms"),
+        Row("d. (desired_routes(), prefix keys: tests, CLI)",
+            f"{resync['desired_routes_ms']:.1f} ms"),
     ]  # fmt: skip
 
 

@@ -32,7 +32,7 @@ from meshroute.clock import Clock
 from meshroute.core import AgentCore, CoreSettings
 from meshroute.dataplane.base import Dataplane
 from meshroute.local import CLIENT_CONNECT, LEARN_ADDRESS, Session
-from meshroute.model import Address, host_prefix
+from meshroute.model import Address
 from meshroute.openvpn.events import HookEvent
 from meshroute.reconcile import Plan, RouteSync
 from meshroute.views import health_view, peers_view, table_view
@@ -133,6 +133,10 @@ class Agent:
         reply: Future = Future()
         self.inbox.put(_Query(kind, reply))
         return reply.result(timeout=timeout)
+
+    @property
+    def stopped_for_restart(self) -> bool:
+        return self._stop.is_set() and not self._goodbye
 
     def call_soon(self, func: Callable[[], None]) -> None:
         """Run ``func`` on the agent's thread (SimpleQueue.put is safe in signal handlers)."""
@@ -311,7 +315,7 @@ class Agent:
                 log.error("cannot list owned routes: %s; retrying", exc)
                 self._next_resync = now + self.settings.retry_after_failure
                 return
-            desired = table.desired_routes(self._own_hops)
+            desired = table.desired_hops(self._own_hops)
             plan = self.sync.plan_full(kernel, desired, allow_delete=allow_delete)
             self.stats.full_resyncs += 1
             self._next_resync = now + self.settings.resync_interval
@@ -319,15 +323,15 @@ class Agent:
             dirty = table.take_dirty()
             if not dirty:
                 return
-            desired = table.desired_for(dirty, self._own_hops)
-            prefixes = [host_prefix(a) for a in dirty]
-            plan = self.sync.plan_some(prefixes, desired, allow_delete=allow_delete)
+            desired = table.desired_hops_for(dirty, self._own_hops)
+            plan = self.sync.plan_some(dirty, desired, allow_delete=allow_delete)
         if plan:
             self._apply(plan, now)
 
     def _apply(self, plan: Plan, now: float) -> None:
         started = time.perf_counter()
-        result = self.dataplane.apply(plan.replace, plan.delete)
+        # The core names host routes by address; the dataplane speaks prefixes.
+        result = self.dataplane.apply(plan.routes(), plan.deletes())
         self.sync.record(plan, result.failed)
         self.stats.applies += 1
         self.stats.last_apply_at = now

@@ -5,9 +5,9 @@ dataplane, OpenVPN management client, hook receiver, control socket, metrics.
 Everything below it is injected.
 
 Signals: SIGTERM and SIGINT stop cleanly with a goodbye (peers withdraw our
-clients' routes at once). SIGUSR1 stops for a restart, without a goodbye: peers
-keep our claims for the hold time, so a restart within it changes no route. Our
-own routes stay in the kernel either way, and a restarted agent adopts them.
+clients' routes at once). SIGUSR1 stops for a restart, without a goodbye, and exits
+75: peers keep our claims for the hold time, so a restart within it changes no
+route. Our own routes stay in the kernel either way; a restarted agent adopts them.
 SIGHUP re-reads the config and applies what can change without a restart (log
 level, intervals, hold time, client networks, per-peer cap); other changes are
 logged as needing a restart.
@@ -30,6 +30,10 @@ from meshroute.local import Session
 from meshroute.netinfo import InterfaceError, Resolved, resolve_defaults
 
 log = logging.getLogger(__name__)
+
+# After SIGUSR1 (stop for a restart): EX_TEMPFAIL, so a supervisor restarts the agent
+# (systemd: RestartForceExitStatus=75 in deploy/systemd/meshroute-agent.service).
+EXIT_RESTART = 75
 
 RELOADABLE = ("log_level", "announce_interval", "hold_time", "status_poll_interval",
               "resync_interval", "client_networks", "max_claims_per_peer")  # fmt: skip
@@ -172,6 +176,9 @@ def run(
         hooks.close()
         control.close()
         dataplane.close()
+    if agent.stopped_for_restart:
+        log.info("agent %s stopped for a restart (exit %d)", config.name, EXIT_RESTART)
+        return EXIT_RESTART
     log.info("agent %s stopped", config.name)
     return 0
 

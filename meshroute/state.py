@@ -24,6 +24,10 @@ Invariants:
   goodbye is heard again only from a newer epoch.
 - **Trust nothing.** Claims outside ``client_networks`` and claims past the per-peer
   cap are refused and counted, never stored.
+- **One index.** ``_by_address`` always agrees with the owners' own claim sets (it is
+  updated right after each of them changes); it stores the owner's name alone for
+  an address with one holder (see :data:`Holders`): 100,000 claims must fit the
+  DESIGN.md memory target, and routes are computed from it without making objects.
 
 Time is injected (``now`` arguments, monotonic seconds); nothing here does I/O.
 """
@@ -34,6 +38,8 @@ import hashlib
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from typing import TypeAlias
 
 from meshroute.model import (
     Address,
@@ -52,6 +58,13 @@ from meshroute.model import (
 )
 
 log = logging.getLogger(__name__)
+
+Holders: TypeAlias = str | dict[str, ClaimRecord]
+"""Who claims one address, as :class:`ClaimTable` indexes it. Almost every address
+has one holder: then the value is just the owner's name (its record is in the
+owner's own :class:`ClaimSet`), which costs no object per address. A contested
+address maps owner -> record; such a dict always has two or more entries (it goes
+back to a name when one holder is left)."""
 
 
 def record_hash(record: ClaimRecord) -> int:
@@ -158,7 +171,7 @@ class ClaimTable:
         # Claims of peers that left (goodbye, expiry), kept only to echo them back if
         # the peer starts again: never used for routes. Forgotten after a while.
         self._remembered: dict[str, tuple[float, tuple[ClaimRecord, ...]]] = {}
-        self._by_address: dict[Address, dict[str, ClaimRecord]] = {}
+        self._by_address: dict[Address, Holders] = {}
         self._dirty: set[Address] = set()
 
     # --- local claims -----------------------------------------------------------
@@ -368,32 +381,53 @@ class ClaimTable:
         if old != record:
             self._index(peer.name, address, record)
 
+    def _records_of(self, owner: str) -> dict[Address, ClaimRecord]:
+        return self.local.records if owner == self.self_name else self.peers[owner].claims.records
+
     def _index(self, owner: str, address: Address, record: ClaimRecord | None) -> None:
-        holders = self._by_address.setdefault(address, {})
+        """Keep ``_by_address`` in line after ``owner``'s own ClaimSet has changed."""
+        holders = self._by_address.get(address)
         if record is None:
-            holders.pop(owner, None)
-            if not holders:
-                del self._by_address[address]
+            self._unindex(owner, address, holders)
+        elif holders is None or holders == owner:
+            self._by_address[address] = owner
+        elif isinstance(holders, str):  # a second holder: contested from now on
+            first = self._records_of(holders)[address]
+            self._by_address[address] = {holders: first, owner: record}
         else:
             holders[owner] = record
         self._dirty.add(address)
 
+    def _unindex(self, owner: str, address: Address, holders: Holders | None) -> None:
+        if isinstance(holders, str):
+            if holders == owner:
+                del self._by_address[address]
+        elif holders is not None:
+            holders.pop(owner, None)
+            if len(holders) == 1:  # one holder left: back to the compact form
+                (self._by_address[address],) = holders
+
     def winner(self, address: Address) -> Claim | None:
         holders = self._by_address.get(address)
-        if not holders:
+        if holders is None:
             return None
-        owner, record = max(holders.items(), key=lambda item: (item[1].stamp, item[0]))
+        if isinstance(holders, str):
+            return Claim(owner=holders, record=self._records_of(holders)[address])
+        owner, record = max(holders.items(), key=_order_key)
         return Claim(owner=owner, record=record)
 
     def claims_for(self, address: Address) -> Mapping[str, ClaimRecord]:
-        return self._by_address.get(address, {})
+        """owner -> record of every claim for ``address`` (read only)."""
+        holders = self._by_address.get(address)
+        if isinstance(holders, str):
+            return {holders: self._records_of(holders)[address]}
+        return holders if holders is not None else {}
 
     def addresses(self) -> Iterable[Address]:
         return self._by_address.keys()
 
     def max_stamp(self, address: Address) -> int:
-        holders = self._by_address.get(address)
-        return max((r.stamp for r in holders.values()), default=-1) if holders else -1
+        return max((r.stamp for r in self.claims_for(address).values()), default=-1)
 
     def next_hops(self) -> set[Address]:
         """Every peer's backbone next hop: never a route destination."""
@@ -403,30 +437,70 @@ class ClaimTable:
         hops.discard(None)
         return hops  # type: ignore[return-value]
 
-    def route_for(self, address: Address, forbidden: set[Address]) -> Address | None:
-        """The next hop this agent wants for ``address``, or None for no route."""
-        claim = self.winner(address)
-        if claim is None or claim.owner == self.self_name or address in forbidden:
-            return None
-        peer = self.peers.get(claim.owner)
-        return peer.next_hop_for(address) if peer is not None else None
+    def desired_hops(self, own_next_hops: Iterable[Address] = ()) -> dict[Address, Address]:
+        """Every host route this agent wants, named by its address: address -> next hop.
+
+        The keys are the claims' own address objects (no copies, no prefixes).
+        """
+        return self._desired(self._by_address.items(), own_next_hops)
+
+    def desired_hops_for(
+        self, addresses: Iterable[Address], own_next_hops: Iterable[Address] = ()
+    ) -> dict[Address, Address]:
+        """Like :meth:`desired_hops`, for ``addresses`` only (the dirty ones)."""
+        index = self._by_address
+        present = ((a, h) for a in addresses if (h := index.get(a)) is not None)
+        return self._desired(present, own_next_hops)
 
     def desired_routes(self, own_next_hops: Iterable[Address] = ()) -> dict[Network, Address]:
         """Every host route this agent wants: prefix -> next hop (full recompute)."""
-        return self.desired_for(self._by_address.keys(), own_next_hops)
+        return _as_prefixes(self.desired_hops(own_next_hops))
 
     def desired_for(
         self, addresses: Iterable[Address], own_next_hops: Iterable[Address] = ()
     ) -> dict[Network, Address]:
-        forbidden = self.next_hops() | set(own_next_hops)
-        routes: dict[Network, Address] = {}
-        for address in addresses:
-            hop = self.route_for(address, forbidden)
-            if hop is not None and hop.version == address.version:
-                routes[host_prefix(address)] = hop
+        return _as_prefixes(self.desired_hops_for(addresses, own_next_hops))
+
+    def _desired(
+        self, entries: Iterable[tuple[Address, Holders]], own_next_hops: Iterable[Address]
+    ) -> dict[Address, Address]:
+        """The winner's next hop per address: none for our own claims, none for a
+        peer without a next hop of the address's family. One pass, no objects made
+        per address: this is a full resync's main cost (DESIGN.md budget)."""
+        hops = {name: _hops_by_family(peer) for name, peer in self.peers.items()}
+        routes: dict[Address, Address] = {}
+        for address, holders in entries:
+            owner = holders if isinstance(holders, str) else max(holders.items(), key=_order_key)[0]
+            pair = hops.get(owner)  # None: our own claim (we are not among the peers)
+            if pair is not None:
+                hop = pair[0] if isinstance(address, IPv4Address) else pair[1]
+                if hop is not None:
+                    routes[address] = hop
+        # Never a route to a next hop (ours or a peer's). They are a handful, so they
+        # are taken out afterwards rather than looked up once per route.
+        for forbidden in self.next_hops().union(own_next_hops):
+            routes.pop(forbidden, None)
         return routes
 
     def take_dirty(self) -> set[Address]:
         """Addresses whose claims changed since the last call."""
         dirty, self._dirty = self._dirty, set()
         return dirty
+
+
+def _order_key(item: tuple[str, ClaimRecord]) -> tuple[int, str]:
+    """(owner, record) -> the order key of :attr:`Claim.order_key`; higher wins."""
+    return (item[1].stamp, item[0])
+
+
+def _hops_by_family(peer: PeerView) -> tuple[Address | None, Address | None]:
+    """The peer's (IPv4, IPv6) next hops, each None unless of the right family."""
+    hop4, hop6 = peer.next_hop, peer.next_hop6
+    return (
+        hop4 if hop4 is not None and hop4.version == 4 else None,
+        hop6 if hop6 is not None and hop6.version == 6 else None,
+    )
+
+
+def _as_prefixes(hops: Mapping[Address, Address]) -> dict[Network, Address]:
+    return {host_prefix(address): hop for address, hop in hops.items()}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from meshroute.model import address_key, host_prefix
+from meshroute.model import address_key
 
 if TYPE_CHECKING:
     from meshroute.agent import Agent
@@ -26,7 +26,7 @@ def table_view(agent: Agent) -> dict[str, Any]:
         record, local = claim.record, claim.owner == core.name
         peer = table.peers.get(claim.owner)
         hop = None if local or peer is None else peer.next_hop_for(address)
-        installed = agent.sync.installed.get(host_prefix(address))
+        installed = agent.sync.installed.get(address)
         rows.append(
             {
                 "address": str(address),
@@ -88,7 +88,7 @@ def health_view(agent: Agent) -> dict[str, Any]:
         "local_clients_known": core.local_known,
         "local_claims": len(table.local),
         "peers": len(table.peers),
-        "routes_installed": len(agent.sync.installed),
+        "routes_installed": len(agent.sync.installed) + len(agent.sync.strays),
         "last_poll_age": age(stats.last_poll_at),
         "last_poll_error": stats.last_poll_error,
         "last_apply_age": age(stats.last_apply_at),

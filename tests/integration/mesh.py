@@ -120,11 +120,12 @@ class AgentProc:
                 stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
             )  # fmt: skip
 
-    def signal(self, sig: int) -> None:
+    def signal(self, sig: int) -> int:
+        """Send ``sig`` and wait for the process; its exit status."""
         assert self.proc is not None
         if self.proc.poll() is None:
             os.kill(self.proc.pid, sig)
-        self.proc.wait(timeout=10)
+        return self.proc.wait(timeout=10)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -95,7 +95,7 @@ def check_claims(mesh: Mesh, agent: AgentProc, procs: Processes, ns, tmp_path: P
     wait_until(lambda: peer.routes().get(v4) == backbone(9), 5, "the route on the peer")
 
     # Restart the agent: no hook runs again; the status poll finds the client.
-    agent.signal(signal.SIGUSR1)
+    assert agent.signal(signal.SIGUSR1) == 75  # "restart me" for a supervisor
     agent.start()
     agent.wait_ready()
     again = wait_until(lambda: table_json(agent.control), 10, "the client after the restart")

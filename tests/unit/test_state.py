@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from meshroute.model import ClaimRecord, Delta, Goodbye, Header, Heartbeat, Snapshot, SyncRequest
 from meshroute.state import ClaimSet, ClaimTable
 
@@ -212,3 +215,93 @@ def test_digest_changes_with_any_field():
         digests.add(one.digest)
     assert len(digests) == 5
     assert ClaimSet().digest == "0" * 16
+
+
+# --- the address index: one holder compact, contested as a dict -----------------------
+
+
+def test_index_goes_compact_contested_and_back():
+    t = table()
+    t.apply(snap("x", 1, 1, rec(stamp=100)), now=0)
+    assert t._by_address[A] == "x"  # one holder: the owner's name, no object
+    t.apply(snap("y", 1, 1, rec(cn="c2", stamp=200), hop=HOP_Y), now=0)
+    assert t.claims_for(A) == {"x": rec(stamp=100), "y": rec(cn="c2", stamp=200)}
+    assert t.winner(A).owner == "y" and t.max_stamp(A) == 200
+    t.set_local(rec(cn="c3", stamp=150))
+    assert set(t._by_address[A]) == {"x", "y", "me"}
+    t.apply(Goodbye(Header("y", 1, 2)), now=0)
+    assert t.winner(A).owner == "me" and t.desired_hops() == {}
+    t.remove_local(A)
+    assert t._by_address[A] == "x"  # back to the compact form
+    assert t.winner(A).record == rec(stamp=100) and t.max_stamp(A) == 100
+    assert t.desired_hops() == {A: HOP_X}
+    t.apply(delta("x", 1, 2, None), now=0)
+    assert A not in t._by_address and t.winner(A) is None and t.claims_for(A) == {}
+    assert t.max_stamp(A) == -1
+
+
+def test_desired_hops_are_keyed_by_the_claims_own_addresses():
+    t = table()
+    record = rec(ipaddress.ip_address("10.100.0.5"))
+    t.apply(snap("x", 1, 1, record, rec(V6, stamp=1)), now=0)
+    hops = t.desired_hops()
+    (key4,) = [a for a in hops if a.version == 4]
+    assert key4 is record.address  # the record's own object: the mirror adds no copy
+    assert t.desired_routes() == {ipaddress.ip_network(a): h for a, h in hops.items()}
+    assert t.desired_hops_for([V6, B]) == {V6: HOP_X6}
+    assert t.desired_for([V6, B]) == {ipaddress.ip_network(V6): HOP_X6}
+
+
+def test_a_peer_without_a_next_hop_of_the_family_gets_no_route():
+    t = table()
+    t.apply(snap("x", 1, 1, rec(), rec(V6, stamp=1), hop6=None), now=0)
+    assert t.desired_hops() == {A: HOP_X}
+    t.apply(snap("y", 1, 1, rec(B), hop=HOP_X6), now=0)  # a v6 hop given as the v4 one
+    assert B not in t.desired_hops()
+
+
+OWNERS = ("me", "p1", "p2", "p3")
+ADDRESSES = (*(ipaddress.ip_address(f"10.100.0.{i}") for i in range(1, 5)), V6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(OWNERS),
+            st.sampled_from(ADDRESSES),
+            st.one_of(st.none(), st.integers(min_value=0, max_value=5)),
+        ),
+        max_size=60,
+    )
+)
+def test_index_agrees_with_a_plain_model(ops):
+    """Whatever order claims come and go in, the compact index answers like the
+    obvious model: owner -> record per address, the highest (stamp, owner) wins."""
+    t = table()
+    model: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, dict[str, ClaimRecord]] = {}
+    seqs = dict.fromkeys(OWNERS, 1)
+    for owner in OWNERS[1:]:
+        t.apply(snap(owner, 1, 1, hop=HOP_X, hop6=HOP_X6), now=0)
+    for owner, address, stamp in ops:
+        record = None if stamp is None else rec(address, cn=owner, stamp=stamp)
+        if owner == "me":
+            t.set_local(record) if record is not None else t.remove_local(address)
+        else:
+            seqs[owner] += 1
+            t.apply(delta(owner, 1, seqs[owner], record, address=address), now=0)
+        holders = model.setdefault(address, {})
+        if record is None:
+            holders.pop(owner, None)
+        else:
+            holders[owner] = record
+    for address in ADDRESSES:
+        holders = model.get(address, {})
+        assert dict(t.claims_for(address)) == holders
+        best = max(holders.items(), key=lambda i: (i[1].stamp, i[0]), default=None)
+        claim = t.winner(address)
+        assert (None if claim is None else (claim.owner, claim.record)) == best
+        assert t.max_stamp(address) == max((r.stamp for r in holders.values()), default=-1)
+        wants_route = best is not None and best[0] != "me"
+        assert (address in t.desired_hops()) == wants_route
+    assert all(len(h) >= 2 for h in t._by_address.values() if isinstance(h, dict))

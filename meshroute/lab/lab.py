@@ -1,0 +1,299 @@
+"""The lab's life: ``up``, ``down`` and the operations on a running lab.
+
+One :class:`Lab` per prefix. Its state lives in ``lab.json`` (see
+:mod:`meshroute.lab.state`), so every ``meshroute lab`` command is a fresh process
+that picks up where the previous one left.
+
+Invariants:
+
+- ``up`` writes ``lab.json`` before making anything and records every pid as soon
+  as the process exists; it refuses to start over leftovers of the same prefix.
+- ``down`` works from ``lab.json`` AND from what exists: it stops recorded pids
+  (verified by command line), the broker by its pid files, then every process left
+  inside the prefix's namespaces, deletes those namespaces and the lab directory.
+  It is idempotent and works after a crash anywhere in ``up``.
+- The root namespace is never changed (see :mod:`meshroute.lab.netns`).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import shutil
+import signal
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from meshroute.lab import netns, observe, procs
+from meshroute.lab.files import (
+    DEFAULT_ROOT,
+    AgentTimings,
+    LabPaths,
+    write_agent,
+    write_client,
+    write_server,
+)
+from meshroute.lab.pki import CertKey, Pki, make_pki
+from meshroute.lab.rabbitmq import RabbitNode
+from meshroute.lab.state import LabState, LabStore
+from meshroute.lab.topology import AMQP_PORT, LabPlan, make_plan, owns_namespace
+
+log = logging.getLogger(__name__)
+
+
+class LabError(RuntimeError):
+    """A lab operation cannot be done; the message says what to do."""
+
+
+def agent_command() -> list[str]:
+    """How to run this installation's ``meshroute`` (the venv's console script)."""
+    script = Path(sys.executable).parent / "meshroute"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "meshroute"]
+
+
+class Lab:
+    def __init__(self, prefix: str, root: Path = DEFAULT_ROOT) -> None:
+        self.prefix = prefix
+        self.paths = LabPaths(Path(root) / prefix)
+        self.store = LabStore(self.paths.root)
+        self.timings = AgentTimings()
+
+    # --- state ----------------------------------------------------------------------
+
+    def state(self) -> LabState:
+        if not self.store.exists():
+            raise LabError(
+                f"no lab {self.prefix!r} (no {self.paths.state}); start one with "
+                f"`meshroute lab up --prefix {self.prefix}`"
+            )
+        return self.store.load()
+
+    def plan(self, state: LabState | None = None) -> LabPlan:
+        state = state or self.state()
+        return make_plan(state.prefix, state.servers, state.clients)
+
+    def broker(self, plan: LabPlan) -> RabbitNode:
+        return RabbitNode(
+            self.paths.broker,
+            node_name=plan.broker_ns,
+            port=AMQP_PORT,
+            netns=plan.broker_ns,
+            bind=str(plan.broker),
+        )
+
+    def pki(self, plan: LabPlan) -> Pki:
+        """The PKI ``up`` made (file names as :func:`make_pki` writes them)."""
+        d = self.paths.pki
+
+        def ck(name: str) -> CertKey:
+            return CertKey(name, d / f"{name}.crt", d / f"{name}.key")
+
+        return Pki(
+            directory=d,
+            ca_cert=d / "ca.crt",
+            ca_key=d / "ca.key",
+            servers={s.name: ck(s.name) for s in plan.servers},
+            clients={c.name: ck(c.name) for c in plan.clients},
+            tls_crypt_key=d / "tls-crypt.key",
+        )
+
+    def leftovers(self) -> list[str]:
+        """Namespaces and the directory of this prefix that exist now."""
+        found = [ns for ns in netns.list_netns() if owns_namespace(self.prefix, ns)]
+        return found + ([str(self.paths.root)] if self.paths.root.exists() else [])
+
+    # --- up ---------------------------------------------------------------------------
+
+    def up(self, servers: int, clients: int, timeout: float = 90.0) -> float:
+        """Build and start everything; return the seconds it took to converge."""
+        started = time.monotonic()
+        plan = make_plan(self.prefix, servers, clients)
+        found = self.leftovers()
+        if found:
+            raise LabError(
+                f"lab {self.prefix!r} exists or left things behind ({', '.join(found)}); "
+                f"run `meshroute lab down --prefix {self.prefix}` first"
+            )
+        state = LabState(self.prefix, servers, clients, created=time.time(),
+                         client_server={c.name: c.home for c in plan.clients},
+                         broker_port=AMQP_PORT)  # fmt: skip
+        self.store.save(state)
+        netns.create_namespaces(plan)
+        netns.build_network(plan)
+        log.info("lab %s: network built in %.1fs", self.prefix, time.monotonic() - started)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            broker = self.broker(plan)
+            booting = pool.submit(broker.start, 90.0)
+            pki = make_pki(self.paths.pki, list(plan.server_names), [c.name for c in plan.clients])
+            self._start_openvpn(plan, pki)
+            log.info("lab %s: OpenVPN servers and clients started after %.1fs", self.prefix,
+                     time.monotonic() - started)  # fmt: skip
+            booting.result()
+        log.info("lab %s: broker up after %.1fs", self.prefix, time.monotonic() - started)
+        self._start_agents(plan, broker)
+        log.info("lab %s: agents started after %.1fs; waiting for them to converge",
+                 self.prefix, time.monotonic() - started)  # fmt: skip
+        problems = self.wait_converged(timeout - (time.monotonic() - started))
+        with self.store.update() as state:
+            state.phase = "failed" if problems else "up"
+        if problems:
+            raise LabError("the agents did not converge:\n  " + "\n  ".join(problems[:20]))
+        return time.monotonic() - started
+
+    def _start_openvpn(self, plan: LabPlan, pki: Pki) -> None:
+        for server in plan.servers:
+            write_server(self.paths, plan, server, pki, secrets.token_urlsafe(18))
+            self._spawn(server.netns, f"{server.name}.openvpn", self._openvpn_argv(server.name),
+                        self.paths.log(server.name, "openvpn"))  # fmt: skip
+        for server in plan.servers:
+            self._await_management(server.name)
+        for client in plan.clients:
+            self._start_client(plan, client.name, client.home, pki)
+
+    def _await_management(self, server: str) -> None:
+        """Wait for the server's management socket; fail at once if OpenVPN exited."""
+        sock, role = self.paths.mgmt_socket(server), f"{server}.openvpn"
+        pid, conf = self.state().pids[role], str(self.paths.openvpn_conf(server))
+
+        def ready() -> bool:
+            if not procs.alive(pid, conf):
+                raise LabError(f"{role} exited; see {self.paths.log(server, 'openvpn')}")
+            return sock.exists()
+
+        _wait(ready, 20.0, f"{server}'s management socket {sock}")
+
+    def _openvpn_argv(self, node: str) -> list[str]:
+        return ["openvpn", "--config", str(self.paths.openvpn_conf(node))]
+
+    def _spawn(self, ns: str, role: str, argv: list[str], log_file: Path) -> int:
+        pid = procs.spawn(ns, argv, log_file)
+        self.store.set_pid(role, pid)
+        return pid
+
+    def _start_client(self, plan: LabPlan, client: str, server: str, pki: Pki) -> None:
+        write_client(self.paths, plan, plan.client(client), server, pki)
+        since = time.time()  # before the process exists: its session cannot be older
+        self._spawn(plan.client(client).netns, f"{client}.openvpn", self._openvpn_argv(client),
+                    self.paths.log(client, "openvpn"))  # fmt: skip
+        with self.store.update() as state:
+            state.client_server[client] = server
+            state.client_since[client] = since
+
+    def _start_agents(self, plan: LabPlan, broker: RabbitNode) -> None:
+        passwords = {s.name: secrets.token_urlsafe(18) for s in plan.servers}
+        urls = broker.add_agents(passwords)
+        for server in plan.servers:
+            write_agent(self.paths, server, urls[server.name], self.timings)
+            self.start_agent(server.name)
+
+    def wait_converged(self, timeout: float) -> list[str]:
+        """Poll until every agent agrees with where the clients are (empty: converged)."""
+        state = self.state()
+        plan = self.plan(state)
+        return observe.wait_until(
+            lambda: observe.convergence_problems(plan, self.state(), self.paths.control_socket),
+            max(1.0, timeout),
+        )
+
+    # --- agents, broker, clients ------------------------------------------------------
+
+    def agent_pid(self, server: str) -> int | None:
+        pid = self.state().pids.get(f"{server}.agent")
+        return pid if procs.alive(pid, str(self.paths.agent_conf(server))) else None
+
+    def start_agent(self, server: str) -> int:
+        plan = self.plan()
+        node = plan.server(server)
+        if self.agent_pid(server) is not None:
+            raise LabError(f"agent {server} is already running (pid {self.agent_pid(server)})")
+        argv = [*agent_command(), "agent", str(self.paths.agent_conf(server))]
+        return self._spawn(node.netns, f"{server}.agent", argv, self.paths.log(server, "agent"))
+
+    def signal_agent(self, server: str, sig: int) -> int:
+        """Stop agent ``server`` with ``sig`` (TERM: goodbye, USR1: no goodbye, KILL)."""
+        self.plan().server(server)
+        pid = self.agent_pid(server)
+        if pid is None:
+            raise LabError(f"agent {server} is not running")
+        procs.stop(pid, str(self.paths.agent_conf(server)), sig, grace=10.0)
+        return pid
+
+    def broker_stop(self) -> None:
+        """Stop the broker application: every AMQP connection drops, users stay."""
+        self.broker(self.plan()).stop_app()
+
+    def broker_start(self) -> None:
+        node = self.broker(self.plan())
+        if node.is_running():
+            node.start_app()
+        else:
+            node.start(90.0)
+
+    def move(self, client: str, server: str, wait: float | None = 30.0) -> float:
+        """Restart ``client``'s OpenVPN with ``server`` first in its list.
+
+        The old process gets SIGKILL: no exit notification, so its old server keeps
+        a stale session (until ping-restart) — the hard case for meshroute. Returns
+        the seconds until every agent routes the client to ``server`` (0 if not waited).
+        """
+        plan = self.plan()
+        plan.server(server)
+        conf = str(self.paths.openvpn_conf(client))
+        started = time.monotonic()
+        procs.stop(self.state().pids.get(f"{client}.openvpn"), conf, signal.SIGKILL)
+        self._start_client(plan, client, server, self.pki(plan))
+        if wait is None:
+            return 0.0
+        problems = self.wait_converged(wait)
+        if problems:
+            raise LabError(f"{client} on {server}: not converged:\n  " + "\n  ".join(problems[:10]))
+        return time.monotonic() - started
+
+    # --- down -------------------------------------------------------------------------
+
+    def down(self) -> list[str]:
+        """Remove everything this prefix made; return what was removed. Idempotent."""
+        removed: list[str] = []
+        if self.store.exists():
+            # The broker's clean stop (~1.5 s) overlaps the clients' exit notifications.
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                broker = None
+                if self.paths.broker.exists():
+                    broker = pool.submit(self.broker(self.plan()).stop, 15.0)
+                removed += self._stop_recorded()
+                if broker is not None:
+                    broker.result()
+                    removed.append("broker")
+        for ns in [ns for ns in netns.list_netns() if owns_namespace(self.prefix, ns)]:
+            procs.stop_many(netns.netns_pids(ns))
+            netns.delete_netns(ns)
+            removed.append(f"netns {ns}")
+        if self.paths.root.exists():
+            shutil.rmtree(self.paths.root)
+            removed.append(str(self.paths.root))
+        parent = self.paths.root.parent
+        if parent.exists() and not any(parent.iterdir()):
+            parent.rmdir()
+        return removed
+
+    def _stop_recorded(self) -> list[str]:
+        state = self.store.load()
+        mine = []
+        for role, pid in state.pids.items():
+            node, program = role.split(".", 1)
+            marker = self.paths.agent_conf(node) if program == "agent" else (
+                self.paths.openvpn_conf(node))  # fmt: skip
+            if procs.alive(pid, str(marker)):
+                mine.append((role, pid))
+        procs.stop_many([pid for _, pid in mine])
+        return [f"{role} (pid {pid})" for role, pid in mine]
+
+
+def _wait(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise LabError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.05)
