@@ -254,7 +254,9 @@ class Agent:
                 cn = event.common_name or ""
                 self.core.on_connect(address, cn, since, now=now, wall_ms=wall, source=source)
             else:
-                self.core.on_disconnect(address, event.common_name, now=now)
+                self.core.on_disconnect(
+                    address, event.common_name, now=now, connected_since=event.connected_since
+                )
 
     def _handle_poll(self, polled: _Polled) -> None:
         self.stats.last_poll_at = polled.fetched_at

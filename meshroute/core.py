@@ -8,12 +8,13 @@ property tests drive many cores through an in-memory bus with a fake clock.
 
 Life of an agent, and the invariants it keeps:
 
-1. **Start.** A new epoch (wall clock ms). It asks every peer for a snapshot
-   (``sync-request``); answers arrive as direct snapshots that also echo our
-   previous epoch's claims. Routes toward peers are added as soon as snapshots
+1. **Start.** A new epoch (wall clock ms). Once connected it asks every peer for a
+   snapshot (``sync-request``); answers arrive as direct snapshots that also echo
+   our previous epoch's claims. Routes toward peers are added as soon as snapshots
    arrive, but no route is deleted, and the first status poll is held back, until
-   the sync window (``sync_timeout``) has passed: adopted routes stay until
-   explained, and sessions found again keep their echoed stamps.
+   the sync window (``sync_timeout`` from the first broker connection) has passed:
+   adopted routes stay until explained, and sessions found again keep their
+   echoed stamps.
 2. **Local state first.** Until the first status poll succeeded the agent does not
    know its own clients, so it sends no snapshot: peers are not synced to the new
    epoch and keep its previous epoch's claims meanwhile, so a restart changes no
@@ -104,7 +105,7 @@ class AgentCore:
     # --- lifecycle --------------------------------------------------------------
 
     def start(self, now: float) -> None:
-        self._timers.sync_until = now + self.settings.sync_timeout
+        self._timers.sync_until = float("inf")  # the window opens with the broker
         self._timers.next_heartbeat = now
         self.table.freeze("not connected to the broker yet")
 
@@ -121,6 +122,10 @@ class AgentCore:
 
     def on_bus_up(self, now: float) -> None:
         self.bus_up = True
+        if self._timers.sync_until == float("inf"):
+            # The sync window counts from the first connection, not from the start:
+            # a slow broker must not cost a restarted agent its peers' echoes.
+            self._timers.sync_until = now + self.settings.sync_timeout
         self.table.thaw(now)
         self._send(SyncRequest(self._header(), target=None))
         if self.local_known:
@@ -157,8 +162,18 @@ class AgentCore:
         )
         self._publish(changes)
 
-    def on_disconnect(self, address: Address, common_name: str | None, *, now: float) -> None:
-        self._publish(self.local.disconnected(address, common_name, now=now))
+    def on_disconnect(
+        self,
+        address: Address,
+        common_name: str | None,
+        *,
+        now: float,
+        connected_since: int | None = None,
+    ) -> None:
+        changes = self.local.disconnected(
+            address, common_name, now=now, connected_since=connected_since
+        )
+        self._publish(changes)
 
     def on_poll(self, sessions: Iterable[Session], *, fetched_at: float) -> None:
         if not self.synced:
@@ -206,7 +221,10 @@ class AgentCore:
 
     def _send_snapshot(self, to: str | None) -> None:
         header = self._header()
-        self._state_seq = header.seq
+        if to is None:
+            # Only what everyone received is "our state": a heartbeat announcing the
+            # seq of a snapshot sent to one peer would make every other peer ask.
+            self._state_seq = header.seq
         local = self.table.local.records
         claims = tuple(local[a] for a in sorted(local, key=address_key))
         echo = self.table.held_for(to) if to is not None else ()

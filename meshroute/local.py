@@ -114,16 +114,31 @@ class LocalClaims:
         return self._set(record)
 
     def disconnected(
-        self, address: Address, common_name: str | None, *, now: float
+        self,
+        address: Address,
+        common_name: str | None,
+        *,
+        now: float,
+        connected_since: int | None = None,
     ) -> list[Change]:
         """A hook says a session ended (client-disconnect, learn-address delete).
 
         ``common_name`` None (learn-address delete has none) removes whatever is
-        there; otherwise only a claim of that client is removed.
+        there; otherwise only a claim of that client is removed, and only if it is
+        that session: a client that reconnected here has a newer session, which a
+        late disconnect of the old one must not remove.
         """
         current = self.table.local.records.get(address)
         if current is None or (common_name is not None and current.common_name != common_name):
             return []
+        entry = self._entries.get(address)
+        known_since = entry is not None and not entry.since_estimated
+        if (
+            connected_since is not None
+            and known_since
+            and connected_since != current.connected_since
+        ):
+            return []  # the end of an older session of this client
         self._entries.pop(address, None)
         self._removed_at[address] = now
         self.table.remove_local(address)

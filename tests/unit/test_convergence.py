@@ -126,3 +126,36 @@ def test_quick_move_away_and_back_within_one_second():
     net = ipaddress.ip_network(CLIENTS[0])
     assert world.desired("b") == {net: ipaddress.ip_address("10.200.0.1")}
     assert world.desired("a") == {}
+
+
+def test_steady_state_sends_only_heartbeats():
+    """No snapshot ping-pong: once synced, an idle mesh exchanges heartbeats only."""
+    world = World(["a", "b", "c"], seed=3)
+    world.connect("a", CLIENTS[0], "c1")
+    world.quiesce()
+    sent: list[str] = []
+    for core in world.agents.values():
+        original = core._send
+
+        def spy(message, to=None, original=original):
+            sent.append(message.type)
+            original(message, to)
+
+        core._send = spy
+    world.run(10)
+    assert sent and set(sent) == {"heartbeat"}
+
+
+def test_sync_window_opens_with_the_broker_not_the_start():
+    world = World(["a", "b"], seed=4)
+    world.connect("b", CLIENTS[0], "c1")
+    world.run(3)
+    world.partition("a")
+    world.crash_agent("a")
+    world.start_agent("a")  # starts cut off from the broker
+    world.run(5)  # longer than the sync window
+    assert not world.agents["a"].synced and not world.agents["a"].local_known
+    world.heal("a")
+    world.run(3)
+    assert world.agents["a"].synced
+    assert world.desired("a") == world.truth("a")

@@ -99,3 +99,12 @@ def test_disconnect_of_another_client_keeps_the_claim():
     local.connected(A, "c1", 1000, now=1, wall_ms=WALL)
     assert local.disconnected(A, "someone-else", now=2) == []
     assert local.disconnected(A, None, now=3) == [(A, None)]  # learn-address delete
+
+
+def test_late_disconnect_of_an_older_session_keeps_the_new_one():
+    table, local = make()
+    local.connected(A, "c1", 1000, now=1, wall_ms=WALL)
+    local.connected(A, "c1", 1010, now=11, wall_ms=WALL + 10_000)  # reconnected here
+    assert local.disconnected(A, "c1", now=12, connected_since=1000) == []
+    assert table.local.records[A].connected_since == 1010
+    assert local.disconnected(A, "c1", now=13, connected_since=1010) == [(A, None)]
