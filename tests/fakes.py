@@ -17,7 +17,9 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
+
+T = TypeVar("T")
 
 FIXTURES = Path(__file__).parent / "fixtures" / "status"
 STATUS = (FIXTURES / "real-2.6.14-status3.txt").read_text().replace("\n", "\r\n")
@@ -131,8 +133,11 @@ def unix_listener(path: Path) -> socket.socket:
     return listener
 
 
-def wait_until(condition: Callable[[], object], timeout: float, what: str, step: float = 0.05):
-    """Return the first truthy value of condition(), or fail naming what was awaited."""
+def poll(condition: Callable[[], T], timeout: float, what: str, step: float = 0.05) -> T:
+    """Return the first truthy value of condition(), or fail naming what was awaited.
+
+    Tests wait for conditions, never for fixed times: this is the one way to do it.
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = condition()

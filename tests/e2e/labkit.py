@@ -14,7 +14,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,18 +43,6 @@ def cli(*args: str, check: bool = True, timeout: float = 120) -> subprocess.Comp
             f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}"
         )
     return done
-
-
-def poll(condition: Callable[[], T], timeout: float, what: str, step: float = 0.1) -> T:
-    """The first truthy value of ``condition()``; fail naming ``what`` on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(step)
 
 
 @dataclass

@@ -13,7 +13,8 @@ import time
 import pytest
 
 from meshroute.lab import observe
-from tests.e2e.labkit import RunningLab, poll
+from tests.e2e.labkit import RunningLab
+from tests.fakes import poll
 
 pytestmark = pytest.mark.e2e
 

@@ -9,7 +9,8 @@ import subprocess
 import pytest
 
 from meshroute.lab.lab import Lab, agent_command
-from tests.e2e.labkit import cli, leftovers, poll, running_lab, unique_prefix
+from tests.e2e.labkit import cli, leftovers, running_lab, unique_prefix
+from tests.fakes import poll
 
 pytestmark = pytest.mark.e2e
 

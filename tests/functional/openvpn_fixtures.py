@@ -11,8 +11,7 @@ import ipaddress
 import os
 import signal
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,18 +36,6 @@ NETWORK6 = ipaddress.IPv6Network("fd00:100::/64")
 
 def ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
-
-
-def poll(condition: Callable[[], T | None], timeout: float, what: str, step: float = 0.05) -> T:
-    """Return the first truthy value of condition(), or fail naming what was awaited."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(step)
 
 
 @dataclass

@@ -25,6 +25,7 @@ from meshroute.openvpn.events import HookEvent
 from meshroute.openvpn.hook_receiver import HookReceiver
 from meshroute.openvpn.mgmt import ManagementClient, MgmtEndpoint, read_password_file
 from meshroute.openvpn.status import parse_status
+from tests.fakes import poll
 from tests.functional.openvpn_fixtures import (
     NETWORK,
     NETWORK6,
@@ -33,7 +34,6 @@ from tests.functional.openvpn_fixtures import (
     logs_on_failure,
     netns_pair,
     ping,
-    poll,
     write_openvpn_configs,
 )
 

@@ -25,10 +25,10 @@ from meshroute.control import ControlError, request
 from tests.fakes import (
     FakeManagement,
     FakeSession,
+    poll,
     render_status,
     serve_fake_management,
     unix_listener,
-    wait_until,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -147,7 +147,7 @@ class AgentProc:
             health = self.query("health")
             return health and health["broker_connected"] and health["local_clients_known"]
 
-        wait_until(ready, timeout, f"agent {self.name} to be ready (log {self.log})")
+        poll(ready, timeout, f"agent {self.name} to be ready (log {self.log})")
 
     # --- its kernel -------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from meshroute.lab.openvpn_conf import HookCommand, plan_pools
-from tests.fakes import wait_until
+from tests.fakes import poll
 from tests.functional.openvpn_fixtures import (
     NETWORK,
     NETWORK6,
@@ -75,7 +75,7 @@ def check_claims(mesh: Mesh, agent: AgentProc, procs: Processes, ns, tmp_path: P
     agent.start()
     procs.start("server", ns.server, ["openvpn", "--config", str(tmp_path / "server.conf")],
                 tmp_path / "server.log")  # fmt: skip
-    wait_until(mgmt.exists, 10, "the management socket")
+    poll(mgmt.exists, 10, "the management socket")
     agent.wait_ready()
     peer.wait_ready()
     procs.start("client", ns.client, ["openvpn", "--config", str(tmp_path / "client.conf")],
@@ -83,22 +83,20 @@ def check_claims(mesh: Mesh, agent: AgentProc, procs: Processes, ns, tmp_path: P
     pool = plan_pools(NETWORK, 3, NETWORK6)[1]
     v4, v6 = str(pool.pool_start), str(pool.pool_start6)
 
-    rows = wait_until(
-        lambda: (r := table_json(agent.control)) and len(r) == 2 and r, 15, "the client"
-    )
+    rows = poll(lambda: (r := table_json(agent.control)) and len(r) == 2 and r, 15, "the client")
     by_address = {row["address"]: row for row in rows}
     assert set(by_address) == {v4, v6}
     for row in by_address.values():
         assert (row["common_name"], row["owner"], row["local"]) == ("cli1", agent.name, True)
     health = agent.query("health")
     assert health["counters"]["hook_events"] >= 2 and health["counters"]["polls_ok"] >= 1
-    wait_until(lambda: peer.routes().get(v4) == backbone(9), 5, "the route on the peer")
+    poll(lambda: peer.routes().get(v4) == backbone(9), 5, "the route on the peer")
 
     # Restart the agent: no hook runs again; the status poll finds the client.
     assert agent.signal(signal.SIGUSR1) == 75  # "restart me" for a supervisor
     agent.start()
     agent.wait_ready()
-    again = wait_until(lambda: table_json(agent.control), 10, "the client after the restart")
+    again = poll(lambda: table_json(agent.control), 10, "the client after the restart")
     row = {r["address"]: r for r in again}[v4]
     assert row["connected_since"] == by_address[v4]["connected_since"]
     assert row["stamp"] == by_address[v4]["stamp"]  # echoed back by the peer
