@@ -224,7 +224,8 @@ def _reloader(agent: Agent, current: Config, config_path: str | None, log_level:
             ),
             loop_settings(new),
         )
-        state["config"] = new
+        # What needs a restart keeps its running value, so the next SIGHUP warns again.
+        state["config"] = dataclasses.replace(old, **{k: getattr(new, k) for k in RELOADABLE})
         log.info("SIGHUP: config reloaded from %s", config_path)
 
     return reload
