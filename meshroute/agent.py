@@ -332,8 +332,15 @@ class Agent:
 
     def _apply(self, plan: Plan, now: float) -> None:
         started = time.perf_counter()
-        # The core names host routes by address; the dataplane speaks prefixes.
-        result = self.dataplane.apply(plan.routes(), plan.deletes())
+        try:
+            # The core names host routes by address; the dataplane speaks prefixes.
+            result = self.dataplane.apply(plan.routes(), plan.deletes())
+        except OSError as exc:  # the netlink socket itself failed: nothing is known
+            self.stats.apply_failures += 1
+            log.error("applying %s failed: %s; full resync in %.1fs", plan.summary(), exc,
+                      self.settings.retry_after_failure)  # fmt: skip
+            self._next_resync = min(self._next_resync, now + self.settings.retry_after_failure)
+            return
         self.sync.record(plan, result.failed)
         self.stats.applies += 1
         self.stats.last_apply_at = now

@@ -169,6 +169,16 @@ def test_failed_route_is_retried_and_hand_deleted_route_comes_back(cluster):
     wait_for(lambda: b.route() == hop(1))  # the periodic full resync repairs drift
 
 
+def test_a_failing_netlink_socket_does_not_stop_the_agent(cluster):
+    _, add, _ = cluster
+    flaky = FakeDataplane()
+    a, b = add("a").start(), add("b", dataplane=flaky).start()
+    flaky.fail_next_apply(OSError(105, "No buffer space available"))
+    a.connect(CLIENT, "h")
+    wait_for(lambda: b.route() == hop(1))  # retried after the failure
+    assert b.agent.stats.apply_failures == 1 and b.thread.is_alive()
+
+
 def test_views_describe_table_and_peers(cluster):
     _, add, _ = cluster
     a, b = add("a").start(), add("b").start()
