@@ -64,6 +64,7 @@ class _Query:
 class AgentStats:
     started_at: float = 0.0
     decode_errors: int = 0
+    internal_errors: int = 0
     hook_events: int = 0
     ignored_local: int = 0
     polls_ok: int = 0
@@ -193,7 +194,7 @@ class Agent:
         queries = [item for item in batch if isinstance(item, _Query)]
         for item in batch:
             if not isinstance(item, _Query):
-                self._handle(item)
+                self._handle_safely(item)
         now = self.clock.monotonic()
         self.core.tick(now)
         self._publish()
@@ -216,6 +217,15 @@ class Agent:
             thread.join(timeout=5.0)
 
     # --- handlers ---------------------------------------------------------------
+
+    def _handle_safely(self, item: object) -> None:
+        """One input, handled; a bug triggered by it is logged, never fatal to the loop."""
+        try:
+            self._handle(item)
+        except Exception:
+            self.stats.internal_errors += 1
+            log.exception("internal error handling %s (dropped; the agent goes on)",
+                          type(item).__name__)  # fmt: skip
 
     def _handle(self, item: object) -> None:
         now = self.clock.monotonic()

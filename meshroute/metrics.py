@@ -39,6 +39,7 @@ class AgentCollector:
             "polls_ok": ("status polls that worked", stats.polls_ok),
             "polls_failed": ("status polls that failed", stats.polls_failed),
             "bus_decode_errors": ("bus messages refused by validation", stats.decode_errors),
+            "internal_errors": ("inputs dropped by an internal error", stats.internal_errors),
             "stale_messages": ("late, duplicate or old-epoch messages", table.counters.stale),
             "refused_claims": ("claims refused (allow-list, cap)", table.counters.refused_claims),
             "expired_peers": ("peers expired after the hold time", table.counters.expired_peers),

@@ -99,6 +99,7 @@ def health_view(agent: Agent) -> dict[str, Any]:
             "polls_ok": stats.polls_ok,
             "polls_failed": stats.polls_failed,
             "bus_decode_errors": stats.decode_errors,
+            "internal_errors": stats.internal_errors,
             "stale_messages": table.counters.stale,
             "refused_claims": table.counters.refused_claims,
             "expired_peers": table.counters.expired_peers,

@@ -179,6 +179,19 @@ def test_a_failing_netlink_socket_does_not_stop_the_agent(cluster):
     assert b.agent.stats.apply_failures == 1 and b.thread.is_alive()
 
 
+def test_an_internal_error_drops_one_input_not_the_agent(cluster):
+    _, add, _ = cluster
+    a, b = add("a").start(), add("b").start()
+
+    def bug() -> None:
+        raise KeyError("a bug")
+
+    b.agent.call_soon(bug)
+    a.connect(CLIENT, "h")
+    wait_for(lambda: b.route() == hop(1))
+    assert b.agent.query("health")["counters"]["internal_errors"] == 1
+
+
 def test_views_describe_table_and_peers(cluster):
     _, add, _ = cluster
     a, b = add("a").start(), add("b").start()
