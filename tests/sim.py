@@ -14,6 +14,7 @@ should route the address to the winner's next hop.
 from __future__ import annotations
 
 import ipaddress
+import json
 import random
 from dataclasses import dataclass, field
 
@@ -239,6 +240,4 @@ class World:
 
 def _origin_of(body: bytes) -> str:
     """The sim's stand-in for the broker-checked user_id: each agent is its own user."""
-    import json
-
     return json.loads(body)["origin"]
