@@ -9,14 +9,19 @@ Invariants:
   ``remote-cert-tls client``): a client certificate cannot impersonate a server.
 - Nothing here is secret-grade: the CA key sits next to the certificates. It is for
   namespaces on one box, never for production.
+- A server certificate gets a ``subjectAltName`` only when :func:`make_pki` is
+  given names for it (``san``): TLS clients that check host names (the AMQP bus)
+  need one; OpenVPN checks the CN and the usage, so the default is none.
 - Independent certificates are signed in parallel (one openssl process each), which
   keeps 3 servers + 6 clients well under a second.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 import subprocess
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,20 +76,31 @@ def _make_ca(directory: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-def _extensions_file(directory: Path, name: str, usage: str) -> Path:
+def _san_entry(host: str) -> str:
+    """``IP:...`` for an address, ``DNS:...`` for a host name."""
+    try:
+        return f"IP:{ipaddress.ip_address(host)}"
+    except ValueError:
+        return f"DNS:{host}"
+
+
+def _extensions_file(directory: Path, name: str, usage: str, san: Sequence[str]) -> Path:
     ext = directory / f"{name}.ext"
+    alt = f"subjectAltName={','.join(_san_entry(h) for h in san)}\n" if san else ""
     ext.write_text(
         "basicConstraints=CA:FALSE\n"
         "keyUsage=critical,digitalSignature,keyAgreement\n"
-        f"extendedKeyUsage={usage}\n"
+        f"extendedKeyUsage={usage}\n" + alt
     )
     return ext
 
 
-def _issue(directory: Path, ca_cert: Path, ca_key: Path, name: str, usage: str) -> CertKey:
+def _issue(
+    directory: Path, ca_cert: Path, ca_key: Path, name: str, usage: str, san: Sequence[str] = ()
+) -> CertKey:
     """Make a key and a CSR, then sign it; each identity has its own files."""
     key, csr, cert = (directory / f"{name}.{ext}" for ext in ("key", "csr", "crt"))
-    ext = _extensions_file(directory, name, usage)
+    ext = _extensions_file(directory, name, usage, san)
     _run(
         [
             "openssl", "req", "-new", "-nodes", "-newkey", "ec",
@@ -119,20 +135,27 @@ def make_pki(
     servers: list[str],
     clients: list[str],
     tls_crypt: bool = True,
+    san: Mapping[str, Sequence[str]] | None = None,
 ) -> Pki:
     """Create a CA, one cert/key per server and per client (CN = the name) in directory.
 
-    Names must be unique across servers and clients (they name the files).
+    Names must be unique across servers and clients (they name the files). ``san``
+    maps a server name to the host names and IP addresses its certificate is valid
+    for (its ``subjectAltName``); servers not in it get none.
     """
     names = [*servers, *clients]
     if len(set(names)) != len(names):
         raise ValueError(f"server and client names must be unique: {names}")
+    san = san or {}
+    if set(san) - set(servers):
+        raise ValueError(f"san names unknown servers: {sorted(set(san) - set(servers))}")
     base = Path(directory)
     base.mkdir(parents=True, exist_ok=True)
     ca_cert, ca_key = _make_ca(base)
     # A random serial per certificate (-set_serial): a shared ca.srl file would race
     # between the parallel signers.
-    jobs = [(name, "serverAuth") for name in servers] + [(name, "clientAuth") for name in clients]
+    jobs = [(name, "serverAuth", tuple(san.get(name, ()))) for name in servers]
+    jobs += [(name, "clientAuth", ()) for name in clients]
     with ThreadPoolExecutor(max_workers=max(1, min(8, len(jobs)))) as pool:
         issued = list(pool.map(lambda job: _issue(base, ca_cert, ca_key, *job), jobs))
     by_name = {item.name: item for item in issued}

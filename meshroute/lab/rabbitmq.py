@@ -16,6 +16,9 @@ Invariants:
   can stop a node this one started.
 - Users are created with ``import_definitions`` (one ~0.3 s call for many users,
   no password on a command line).
+- With ``tls`` the node also has an AMQPS listener on ``tls.port`` (same bind
+  address); with ``verify_peer`` it refuses clients without a certificate signed
+  by ``tls.ca``. Without ``tls`` the rendered config is exactly the plain one.
 - With ``netns``, epmd, the node and every ``rabbitmqctl`` run inside that network
   namespace (its loopback must be up).
 """
@@ -42,6 +45,19 @@ from urllib.parse import quote
 log = logging.getLogger(__name__)
 
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
+
+
+@dataclass(frozen=True)
+class NodeTls:
+    """An AMQPS listener: its port and the broker's PEM files."""
+
+    port: int
+    ca: Path
+    """CA that client certificates must be signed by (and sent with the chain)."""
+    cert: Path
+    key: Path
+    verify_peer: bool = True
+    """Require a client certificate signed by ``ca`` (else any client may connect)."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +115,7 @@ class RabbitNode:
         netns: str | None = None,
         bind: str = "127.0.0.1",
         management_port: int | None = None,
+        tls: NodeTls | None = None,
     ) -> None:
         self.base_dir = Path(base_dir).resolve()
         self.node = f"{node_name}@localhost"
@@ -109,6 +126,7 @@ class RabbitNode:
         self.netns = netns
         self.bind = bind
         self.management_port = management_port
+        self.tls = tls
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -208,11 +226,17 @@ class RabbitNode:
     def delete_user(self, name: str) -> None:
         self.ctl("delete_user", name)
 
-    def url_for(self, user: str, password: str, host: str | None = None) -> str:
+    def url_for(
+        self, user: str, password: str, host: str | None = None, *, tls: bool = False
+    ) -> str:
+        """An ``amqp://`` URL (``amqps://`` to the TLS listener with ``tls``)."""
         host = host or (self.bind if self.bind not in ("0.0.0.0", "::") else "127.0.0.1")
         if ":" in host:
             host = f"[{host}]"
-        return f"amqp://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{self.port}/%2F"
+        if tls and self.tls is None:
+            raise ValueError(f"{self.node} has no TLS listener")
+        scheme, port = ("amqps", self.tls.port) if tls and self.tls else ("amqp", self.port)
+        return f"{scheme}://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}/%2F"
 
     def ctl(self, *args: str, timeout: float = 60.0) -> str:
         """Run ``rabbitmqctl -n NODE ARGS`` against this node; returns stdout."""
@@ -244,9 +268,23 @@ class RabbitNode:
                 f"management.tcp.ip = {self.bind}",
             ]
             plugins.append("rabbitmq_management")
+        if self.tls is not None:
+            conf += self._tls_conf(self.tls)
         (self.base_dir / "rabbitmq.conf").write_text("\n".join(conf) + "\n")
         (self.base_dir / "enabled_plugins").write_text(f"[{','.join(plugins)}].\n")
         (self.base_dir / "rabbitmq-env.conf").write_text("")
+
+    def _tls_conf(self, tls: NodeTls) -> list[str]:
+        verify = "verify_peer" if tls.verify_peer else "verify_none"
+        return [
+            f"listeners.ssl.default = {self.bind}:{tls.port}",
+            f"ssl_options.cacertfile = {Path(tls.ca).resolve()}",
+            f"ssl_options.certfile = {Path(tls.cert).resolve()}",
+            f"ssl_options.keyfile = {Path(tls.key).resolve()}",
+            f"ssl_options.verify = {verify}",
+            # Only meaningful with verify_peer (Erlang's ssl rejects it otherwise).
+            f"ssl_options.fail_if_no_peer_cert = {str(tls.verify_peer).lower()}",
+        ]
 
     def _env(self) -> dict[str, str]:
         b = self.base_dir
