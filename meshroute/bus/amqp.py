@@ -249,7 +249,8 @@ class AmqpBus:
         conn.channel(on_open_callback=self._on_channel_open)
 
     def _on_open_error(self, conn: SelectConnection, error: BaseException) -> None:
-        log.info("%s: cannot connect to %s: %s", self.name, self._urls[self._index], error)
+        log.info("%s: cannot connect to %s: %s", self.name, self._urls[self._index],
+                 _reason(error))  # fmt: skip
         conn.ioloop.stop()
 
     def _on_channel_open(self, channel) -> None:
@@ -445,3 +446,16 @@ def _ssl_options(host: str, tls: TlsSettings) -> pika.SSLOptions:
         key = str(tls.key_file) if tls.key_file else None
         context.load_cert_chain(str(tls.cert_file), key)
     return pika.SSLOptions(context, server_hostname=tls.server_hostname or host)
+
+
+def _reason(error: BaseException) -> str:
+    """Why a connection failed, in words: pika's workflow errors print as nothing."""
+    for _ in range(5):  # pika nests: connection error > workflow error > connector error
+        inner = getattr(error, "exceptions", None)
+        if inner:
+            error = inner[-1]
+        elif error.args and isinstance(error.args[0], BaseException):
+            error = error.args[0]
+        else:
+            break
+    return f"{type(error).__name__}: {error}" if str(error) else repr(error)
