@@ -34,13 +34,13 @@ Time is injected (``now`` arguments, monotonic seconds); nothing here does I/O.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import TypeAlias
 
+from meshroute.claims import ClaimSet, PeerView
 from meshroute.model import (
     Address,
     Claim,
@@ -65,65 +65,6 @@ has one holder: then the value is just the owner's name (its record is in the
 owner's own :class:`ClaimSet`), which costs no object per address. A contested
 address maps owner -> record; such a dict always has two or more entries (it goes
 back to a name when one holder is left)."""
-
-
-def record_hash(record: ClaimRecord) -> int:
-    """A 64-bit hash of one claim record (blake2b of ``address|cn|since|stamp``)."""
-    text = f"{record.address}|{record.common_name}|{record.connected_since}|{record.stamp}"
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
-
-
-class ClaimSet:
-    """address -> record, with an order-independent digest kept up to date in O(1).
-
-    The digest is the sum mod 2**64 of the records' 64-bit hashes (the heartbeat's
-    ``digest``, 16 hex digits): adding or removing one record is one addition.
-    """
-
-    def __init__(self) -> None:
-        self.records: dict[Address, ClaimRecord] = {}
-        self._sum = 0
-
-    def set(self, record: ClaimRecord) -> ClaimRecord | None:
-        old = self.records.get(record.address)
-        if old is not None:
-            self._sum -= record_hash(old)
-        self.records[record.address] = record
-        self._sum += record_hash(record)
-        return old
-
-    def remove(self, address: Address) -> ClaimRecord | None:
-        old = self.records.pop(address, None)
-        if old is not None:
-            self._sum -= record_hash(old)
-        return old
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    @property
-    def digest(self) -> str:
-        return f"{self._sum % 2**64:016x}"
-
-
-@dataclass
-class PeerView:
-    """What this agent knows of one peer in its current epoch."""
-
-    name: str
-    epoch: int
-    last_seen: float
-    next_hop: Address | None = None
-    next_hop6: Address | None = None
-    claims: ClaimSet = field(default_factory=ClaimSet)
-    versions: dict[Address, int] = field(default_factory=dict)
-    snapshot_seq: int = -1
-    max_seq: int = -1
-    synced: bool = False
-    refused: set[Address] = field(default_factory=set)
-
-    def next_hop_for(self, address: Address) -> Address | None:
-        return self.next_hop if address.version == 4 else self.next_hop6
 
 
 @dataclass(frozen=True)

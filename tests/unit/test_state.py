@@ -7,8 +7,9 @@ import ipaddress
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from meshroute.claims import ClaimSet
 from meshroute.model import ClaimRecord, Delta, Goodbye, Header, Heartbeat, Snapshot, SyncRequest
-from meshroute.state import ClaimSet, ClaimTable
+from meshroute.state import ClaimTable
 
 A = ipaddress.ip_address("10.100.0.5")
 B = ipaddress.ip_address("10.100.0.6")
