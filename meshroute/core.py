@@ -100,7 +100,6 @@ class AgentCore:
         self._pending_snapshot_to: set[str] = set()
         self.synced = False  # the start-up sync window has passed: deletes are allowed
         self._pending_poll: tuple[list[Session], float] | None = None
-        self.stopped = False
 
     # --- lifecycle --------------------------------------------------------------
 
@@ -117,7 +116,6 @@ class AgentCore:
         self.table.max_claims_per_peer = settings.max_claims_per_peer
 
     def stop(self) -> None:
-        self.stopped = True
         self._send(Goodbye(self._header()))
 
     def on_bus_up(self, now: float) -> None:

@@ -92,11 +92,6 @@ class Claim:
     def address(self) -> Address:
         return self.record.address
 
-    @property
-    def order_key(self) -> tuple[int, str]:
-        """Higher wins. Every agent computes the same key from the same claim."""
-        return (self.record.stamp, self.owner)
-
 
 @dataclass(frozen=True, slots=True)
 class Route:

@@ -430,7 +430,7 @@ class ClaimTable:
 
 
 def _order_key(item: tuple[str, ClaimRecord]) -> tuple[int, str]:
-    """(owner, record) -> the order key of :attr:`Claim.order_key`; higher wins."""
+    """(owner, record) -> (stamp, owner): higher wins, the same on every agent."""
     return (item[1].stamp, item[0])
 
 
