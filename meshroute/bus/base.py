@@ -30,6 +30,10 @@ class Envelope:
     user_id: str | None
     msg_type: str | None = None
     message_id: str | None = None
+    received_at: float | None = None
+    """Monotonic time the bus thread took the message off the wire (None: not
+    recorded). Liveness is judged on arrival, never on when the busy agent thread
+    got round to it (DESIGN rule 6)."""
 
 
 class BusHandler(Protocol):
