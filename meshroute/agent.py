@@ -114,13 +114,22 @@ class Agent:
         self._poll_now = threading.Event()
         self._next_resync = 0.0
         self._was_synced = False
-        self._own_hops = tuple(h for h in (core.settings.next_hop, core.settings.next_hop6) if h)
+        self._own_hops = core.settings.own_hops
         self._threads: list[threading.Thread] = []
+        # broker user -> when its latest message reached our bus (the bus thread
+        # writes, the loop reads): liveness is judged on arrival, however busy we are.
+        self._arrivals: dict[str, float] = {}
+        self._arrivals_lock = threading.Lock()
+        self._poll_requested_for: float | None = None
         self.on_iteration: Callable[[Agent], None] | None = None  # metrics hook
 
     # --- inputs, from any thread ------------------------------------------------
 
     def on_message(self, envelope: Envelope) -> None:
+        if envelope.user_id is not None:
+            at = envelope.received_at
+            with self._arrivals_lock:
+                self._arrivals[envelope.user_id] = at if at is not None else self.clock.monotonic()
         self.inbox.put(envelope)
 
     def on_connection(self, up: bool) -> None:
@@ -145,7 +154,7 @@ class Agent:
 
     def reconfigure(self, core_settings: CoreSettings, loop: LoopSettings) -> None:
         """Apply settings that can change at run time (on the agent's thread)."""
-        self.core.reconfigure(core_settings)
+        self.core.reconfigure(core_settings, self.clock.monotonic())
         self.settings = loop
         self.sync.full_resync_needed = True  # client networks may have changed
 
@@ -196,8 +205,12 @@ class Agent:
             if not isinstance(item, _Query):
                 self._handle_safely(item)
         now = self.clock.monotonic()
+        with self._arrivals_lock:
+            arrivals, self._arrivals = self._arrivals, {}
+        self.core.note_arrivals(arrivals)
         self.core.tick(now)
         self._publish()
+        self._poll_if_due(now)
         self._reconcile(now)
         for item in queries:  # answered after the reconcile, so "installed" is current
             self._answer(item)
@@ -245,6 +258,8 @@ class Agent:
                 self.core.on_bus_down()
 
     def _handle_envelope(self, envelope: Envelope, now: float) -> None:
+        if envelope.received_at is not None:
+            now = envelope.received_at  # liveness counts from arrival, not from now
         try:
             message = codec.decode(envelope.body, user_id=envelope.user_id)
         except codec.CodecError as exc:
@@ -313,12 +328,23 @@ class Agent:
                 to=out.to,
             )
 
+    def _poll_if_due(self, now: float) -> None:
+        """The core wants an early status poll (a local session lost a contest)."""
+        due = self.core.poll_due
+        if due is not None and now >= due and self._poll_requested_for != due:
+            self._poll_requested_for = due
+            self._poll_now.set()
+
     def _reconcile(self, now: float) -> None:
         table = self.core.table
         if self.core.synced and not self._was_synced:
             self._was_synced = True
             self.sync.full_resync_needed = True  # deletes were held back until now
+        if self.core.full_resync_wanted:
+            self.core.full_resync_wanted = False
+            self.sync.full_resync_needed = True  # a peer's state arrived: held routes
         allow_delete = self.core.synced
+        keep = self.core.keeps_route(now)
         if self.sync.full_resync_needed or now >= self._next_resync:
             table.take_dirty()
             try:
@@ -328,7 +354,7 @@ class Agent:
                 self._next_resync = now + self.settings.retry_after_failure
                 return
             desired = table.desired_hops(self._own_hops)
-            plan = self.sync.plan_full(kernel, desired, allow_delete=allow_delete)
+            plan = self.sync.plan_full(kernel, desired, allow_delete=allow_delete, keep=keep)
             self.stats.full_resyncs += 1
             self._next_resync = now + self.settings.resync_interval
         else:
@@ -336,7 +362,7 @@ class Agent:
             if not dirty:
                 return
             desired = table.desired_hops_for(dirty, self._own_hops)
-            plan = self.sync.plan_some(dirty, desired, allow_delete=allow_delete)
+            plan = self.sync.plan_some(dirty, desired, allow_delete=allow_delete, keep=keep)
         if plan:
             self._apply(plan, now)
 

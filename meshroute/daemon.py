@@ -148,7 +148,9 @@ def run(
     from meshroute.openvpn.hook_receiver import HookReceiver
 
     clock = SystemClock()
-    core = AgentCore(core_settings(config, resolved), epoch=clock.wall_ms())
+    core = AgentCore(
+        core_settings(config, resolved), epoch=clock.wall_ms(), wall_clock=clock.wall_ms
+    )
     dataplane = NetlinkDataplane(config.route_table, config.route_protocol, config.dataplane_netns)
     agent = Agent(
         core,
