@@ -117,7 +117,8 @@ def status_source(config: Config):
         for s in report.sessions:
             for address in (s.virtual_address, s.virtual_address6):
                 if address is not None:
-                    sessions.append(Session(address, s.common_name, s.connected_since))
+                    last_ref = report.last_ref.get(str(address))
+                    sessions.append(Session(address, s.common_name, s.connected_since, last_ref))
         return sessions
 
     return fetch
