@@ -9,6 +9,12 @@ handled on the agent's own thread, in order:
 - status polls, from the poller thread (one short management connection per poll);
 - CLI queries, from the control socket's threads (answered between events).
 
+Two things do not wait for the loop, so that a busy loop (a huge snapshot) cannot
+make a live mesh look dead: the bus thread records when each sender's message
+arrived (liveness counts from arrival), and a keeper thread re-sends the last
+heartbeat when the loop has not sent one for 1.5 announce intervals (nothing the
+heartbeat describes can have changed meanwhile: only the loop changes it).
+
 After draining what is queued the loop runs timers, publishes what the core asked
 for, and reconciles the kernel once (level-triggered): only addresses whose claims
 changed, or everything on a full resync (at start, every ``resync_interval``, after
@@ -121,6 +127,9 @@ class Agent:
         self._arrivals: dict[str, float] = {}
         self._arrivals_lock = threading.Lock()
         self._poll_requested_for: float | None = None
+        # (when, body, message id) of the last heartbeat the loop published
+        self._last_heartbeat: tuple[float, bytes, str] | None = None
+        self.keeper_heartbeats = 0
         self.on_iteration: Callable[[Agent], None] | None = None  # metrics hook
 
     # --- inputs, from any thread ------------------------------------------------
@@ -178,6 +187,7 @@ class Agent:
         self.stats.started_at = now
         self.core.start(now)
         self._start_poller()
+        self._start_thread(self._keeper, "heartbeat-keeper")
         self.bus.start(self)
         log.info(
             "agent %s started (epoch %s, next hops %s)",
@@ -321,12 +331,11 @@ class Agent:
         for out in self.core.take_outbox():
             message = out.message
             header = message.header
-            self.bus.publish(
-                codec.encode(message),
-                msg_type=message.type,
-                message_id=f"{header.origin}-{header.epoch}-{header.seq}",
-                to=out.to,
-            )
+            body = codec.encode(message)
+            message_id = f"{header.origin}-{header.epoch}-{header.seq}"
+            self.bus.publish(body, msg_type=message.type, message_id=message_id, to=out.to)
+            if message.type == "heartbeat" and out.to is None:
+                self._last_heartbeat = (self.clock.monotonic(), body, message_id)
 
     def _poll_if_due(self, now: float) -> None:
         """The core wants an early status poll (a local session lost a contest)."""
@@ -392,9 +401,26 @@ class Agent:
     # --- status poller ----------------------------------------------------------
 
     def _start_poller(self) -> None:
-        thread = threading.Thread(target=self._poller, name="status-poller", daemon=True)
+        self._start_thread(self._poller, "status-poller")
+
+    def _start_thread(self, target: Callable[[], None], name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
         thread.start()
         self._threads.append(thread)
+
+    def _keeper(self) -> None:
+        """Re-send the last heartbeat while the loop is too busy to send one."""
+        interval = self.core.settings.announce_interval
+        while not self._stop.wait(interval / 4):
+            last = self._last_heartbeat
+            now = self.clock.monotonic()
+            if last is None or now - last[0] < 1.5 * self.core.settings.announce_interval:
+                continue
+            self.keeper_heartbeats += 1
+            self._last_heartbeat = (now, last[1], last[2])
+            self.bus.publish(
+                last[1], msg_type="heartbeat", message_id=f"{last[2]}-k{self.keeper_heartbeats}"
+            )
 
     def _poller(self) -> None:
         while not self._stop.is_set():
