@@ -271,7 +271,11 @@ class Agent:
         if envelope.received_at is not None:
             now = envelope.received_at  # liveness counts from arrival, not from now
         try:
-            message = codec.decode(envelope.body, user_id=envelope.user_id)
+            message = codec.decode(
+                envelope.body,
+                user_id=envelope.user_id,
+                max_claims=self.core.settings.max_claims_per_peer,
+            )
         except codec.CodecError as exc:
             self.stats.decode_errors += 1
             log.warning("refused a bus message from user %s: %s", envelope.user_id, exc)

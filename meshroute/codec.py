@@ -107,11 +107,13 @@ _ENCODERS: dict[str, Callable[[Any], dict[str, Any]]] = {
 # --- decode -------------------------------------------------------------------------
 
 
-def decode(body: bytes, *, user_id: str | None) -> Message:
+def decode(body: bytes, *, user_id: str | None, max_claims: int = MAX_CLAIMS) -> Message:
     """Parse and validate one body; ``user_id`` is the broker-authenticated sender.
 
     Raises CodecError when anything is wrong, including a missing ``user_id`` or one
     that differs from the body's ``origin`` (the sender's identity is the broker's).
+    ``max_claims`` (the agent's per-peer cap) refuses a larger snapshot before its
+    claims are validated one by one: a flood costs a length check, not seconds.
     """
     obj = _parse_json(body)
     _check_version(obj)
@@ -119,6 +121,11 @@ def decode(body: bytes, *, user_id: str | None) -> Message:
     parse = _DECODERS.get(msg_type)
     if parse is None:
         raise CodecError(f"field 'type': unknown message type {msg_type!r}")
+    limit = min(max_claims, MAX_CLAIMS)
+    for name in ("claims", "echo"):
+        items = obj.get(name)
+        if isinstance(items, list) and len(items) > limit:
+            raise CodecError(f"field {name!r}: {len(items)} claims exceed the limit {limit}")
     header = Header(
         origin=_agent_name(obj, "origin"),
         epoch=_int(obj, "epoch"),

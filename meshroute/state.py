@@ -313,8 +313,10 @@ class ClaimTable:
             return True  # a snapshot or delta never reached us
         if beat.count != len(peer.claims) + len(peer.refused):
             return True
-        if peer.refused_overflow:
-            return False  # we did not keep every refused claim: the digest cannot match
+        if peer.refused_overflow or peer.over_cap:
+            # Quarantined: we did not keep everything it sent, so no digest can match
+            # and asking again would only bring the same flood.
+            return False
         return beat.digest != peer.claims.digest_with(peer.refused)
 
     # --- next hops --------------------------------------------------------------
