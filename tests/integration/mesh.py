@@ -56,6 +56,7 @@ class AgentProc:
     fake: FakeManagement | None = None
     sessions: dict[str, FakeSession] = field(default_factory=dict)
     proc: subprocess.Popen | None = None
+    clock_offset: int = 0  # seconds this server's wall clock is off (libfaketime)
 
     @property
     def control(self) -> Path:
@@ -95,11 +96,20 @@ class AgentProc:
 
     def _publish_status(self) -> None:
         assert self.fake is not None
-        self.fake.status = render_status(self.sessions.values())
+        sessions = list(self.sessions.values())
+        self.fake.status = lambda: render_status(sessions, self.clock_offset)
+
+    def went_silent(self, address: str) -> None:
+        """The client of this session moved away: OpenVPN still lists it, stale."""
+        session = self.sessions[address]
+        self.sessions[address] = FakeSession(
+            session.common_name, session.address, session.since, session.address6, live=False
+        )
+        self._publish_status()
 
     def connect(self, address: str, cn: str, *, hook: bool = True) -> int:
         """A client session starts here: OpenVPN lists it, and runs the hook."""
-        since = int(time.time())
+        since = int(time.time()) + self.clock_offset
         self.sessions[address] = FakeSession(cn, address, since)
         self._publish_status()
         if hook:
@@ -114,11 +124,16 @@ class AgentProc:
 
     def start(self) -> None:
         config = self.write_config()
+        command = [sys.executable, "-m", "meshroute", "agent", str(config)]
+        env = None
+        if self.clock_offset:
+            # A skewed wall clock for this process only; monotonic time stays real.
+            command = ["faketime", "-f", f"{self.clock_offset:+d}s", *command]
+            env = {**os.environ, "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "meshroute", "agent", str(config)],
-                stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-            )  # fmt: skip
+                command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env
+            )
 
     def signal(self, sig: int) -> int:
         """Send ``sig`` and wait for the process; its exit status."""
@@ -166,12 +181,13 @@ class Mesh:
         self.agents: dict[str, AgentProc] = {}
         self._tag = f"mrt-it{os.getpid()}"
 
-    def add(self, name: str) -> AgentProc:
+    def add(self, name: str, clock_offset: int = 0) -> AgentProc:
         index = len(self.agents) + 1
         netns = f"{self._tag}-{name}"
         self._make_netns(netns, index)
         url = self.rabbit.node.add_agent(name, f"pw-{name}", self.exchange)
         agent = AgentProc(name, index, netns, self.tmp, url, self.exchange, self.settings)
+        agent.clock_offset = clock_offset
         self.agents[name] = agent
         agent.serve_openvpn()
         agent.start()
