@@ -12,6 +12,9 @@ SERVERS=${SERVERS:-"1 2 3"}
 CLIENTS=${CLIENTS:-"1 2 3"}
 AGENT_UID=${AGENT_UID:-10001}
 RABBIT_UID=${RABBIT_UID:-999}
+# How OpenVPN runs meshroute's hook (the stdlib-only file, python -S) and where it sends.
+HOOK_PROGRAM=${HOOK_PROGRAM:-/usr/bin/python3 -S /usr/local/lib/meshroute-hook.py}
+HOOK_SOCKET=${HOOK_SOCKET:-/run/meshroute/hook.sock}
 
 if [ -e "$LAB/.done" ]; then
     echo "lab-init: $LAB is set up already"
@@ -54,7 +57,7 @@ for k in $SERVERS; do
     openssl rand -hex 12 > "$d/mgmt-pass"
     start=$((128 + (k - 1) * pool_size))
     end=$((start + pool_size - 1))
-    hook="/usr/bin/python3 -S /usr/local/lib/meshroute-hook.py --socket /run/meshroute/hook.sock"
+    hook="$HOOK_PROGRAM --socket $HOOK_SOCKET"
     cat > "$d/openvpn.conf" <<CONF
 # compose lab: OpenVPN server s$k (see deploy/openvpn/server-snippet.conf)
 mode server
@@ -94,7 +97,7 @@ next_hop = 10.200.200.$k
 client_networks = 10.100.100.0/24
 openvpn_mgmt = 127.0.0.1:7505
 openvpn_mgmt_pass_file = $d/mgmt-pass
-hook_socket = /run/meshroute/hook.sock
+hook_socket = $HOOK_SOCKET
 control_socket = /run/meshroute/meshroute.sock
 metrics_listen = 10.200.200.$k:9105
 CONF
