@@ -112,6 +112,54 @@ def hook(ctx: click.Context) -> None:
     sys.exit(hook_main(list(ctx.args), os.environ))
 
 
+@cli.group()
+def broker() -> None:
+    """What the RabbitMQ broker needs for a mesh."""
+
+
+@broker.command("definitions")
+@click.option("--agents", required=True, help="Agent names, comma separated (their `name` keys).")
+@click.option("--vhost", default="meshroute", show_default=True, help="The mesh's vhost.")
+@click.option("--exchange", default="meshroute", show_default=True, help="The fanout exchange.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Write here (mode 0600), not stdout.")
+@click.option(
+    "--password-dir",
+    type=click.Path(file_okay=False),
+    help="Passwords in DIR/NAME (first line); missing ones are generated into new files.",
+)
+@click.option("--monitoring-user", help="Also a read-only user for the management UI.")
+def broker_definitions(
+    agents: str,
+    vhost: str,
+    exchange: str,
+    out: str | None,
+    password_dir: str | None,
+    monitoring_user: str | None,
+) -> None:
+    """Write RabbitMQ definitions: vhost, exchange, per-agent users, policy.
+
+    Import with `rabbitmqctl import_definitions FILE`. Only password hashes are
+    written; without --password-dir the generated passwords are printed once on
+    stderr. See docs/install.md.
+    """
+    from pathlib import Path
+
+    from meshroute.broker_defs import definitions_command
+
+    sys.exit(
+        definitions_command(
+            agents,
+            vhost=vhost,
+            exchange=exchange,
+            out=Path(out) if out else None,
+            password_dir=Path(password_dir) if password_dir else None,
+            monitoring_user=monitoring_user,
+            stdout=sys.stdout,
+            stderr=sys.stderr,
+        )
+    )
+
+
 def _add_lab() -> None:
     from meshroute.lab.commands import lab
 

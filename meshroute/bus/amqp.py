@@ -38,6 +38,7 @@ import pika.exceptions
 import tenacity
 from pika.adapters.select_connection import SelectConnection
 
+from meshroute import __version__
 from meshroute.bus.base import BusHandler, Envelope
 
 log = logging.getLogger(__name__)
@@ -430,7 +431,11 @@ def _parameters(
     params = pika.URLParameters(url)
     if not params.credentials.username:
         raise ValueError(f"broker URL {mask_url(url)} names no user (needed for user_id)")
-    params.client_properties = {"connection_name": f"meshroute agent {name}"}
+    params.client_properties = {
+        "connection_name": f"meshroute agent {name}",
+        "product": "meshroute",
+        "version": __version__,
+    }
     params.heartbeat = heartbeat
     params.connection_attempts = 1
     params.socket_timeout = timeout
