@@ -8,10 +8,10 @@ exchange, one user per agent with least permissions, an optional read-only
 
 Invariants:
 
-- The permissions are :func:`meshroute.lab.rabbitmq.agent_permissions`, the ones the
+- The permissions are :func:`agent_permissions`, the ones the
   lab and the tests grant and docs/protocol.md explains: never written twice.
 - No password is ever written into the definitions, only RabbitMQ's salted
-  SHA-256 hash (``rabbit_password_hashing_sha256``). Plain passwords live only in
+  SHA-256 hash (``rabbitpassword_hashing_sha256``). Plain passwords live only in
   the operator's password files (read, or created mode 0600 and never overwritten)
   or, without a password directory, are returned once for the caller to print.
 - Agent and user names follow the config's rule (a queue-name suffix, a broker user
@@ -23,6 +23,8 @@ Invariants:
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import re
@@ -34,7 +36,6 @@ from typing import TextIO
 from urllib.parse import quote
 
 from meshroute import __version__
-from meshroute.lab.rabbitmq import _password_hash, agent_permissions
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 EXCHANGE_RE = re.compile(r"[A-Za-z0-9_.:-]{1,255}")
@@ -46,6 +47,40 @@ POLICY_NAME = "meshroute-agent-queues"
 # a sync-request, so dropping the oldest beyond this cap loses nothing it needs.
 # Several snapshots of 65,536 claims (a few MB each) still fit.
 QUEUE_MAX_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Permissions:
+    """RabbitMQ permission regexes (configure, write, read) on one vhost."""
+
+    configure: str
+    write: str
+    read: str
+
+
+def agent_permissions(name: str, exchange: str = "meshroute") -> Permissions:
+    """Least privilege for agent ``name`` (see docs/protocol.md, "Permissions").
+
+    configure: declare its own queue and the exchange. write: publish to the
+    exchange and to the default exchange (direct replies), bind its own queue.
+    read: consume its own queue, bind from the exchange.
+    """
+    queue, exch = f"meshroute\\.{_re(name)}", _re(exchange)
+    return Permissions(
+        configure=f"^({queue}|{exch})$",
+        write=f"^({queue}|{exch}|amq\\.default)$",
+        read=f"^({queue}|{exch})$",
+    )
+
+
+def _re(text: str) -> str:
+    return "".join("\\" + c if c in ".^$*+?{}[]\\|()" else c for c in text)
+
+
+def password_hash(password: str) -> str:
+    """RabbitMQ's rabbit_password_hashing_sha256: base64(salt + sha256(salt + pw))."""
+    salt = secrets.token_bytes(4)
+    return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
 
 
 class DefinitionsError(ValueError):
@@ -162,7 +197,7 @@ def definitions(
     vhost: str = "meshroute",
     exchange: str = "meshroute",
     monitoring: Credential | None = None,
-    hash_password: Callable[[str], str] = _password_hash,
+    hash_password: Callable[[str], str] = password_hash,
 ) -> dict:
     """The importable definitions document (a dict ready for ``json.dump``)."""
     check_vhost(vhost)
@@ -215,7 +250,7 @@ def _user(cred: Credential, tags: list[str], hash_password: Callable[[str], str]
     return {
         "name": cred.user,
         "password_hash": hash_password(cred.password),
-        "hashing_algorithm": "rabbit_password_hashing_sha256",
+        "hashing_algorithm": "rabbitpassword_hashing_sha256",
         "tags": tags,
     }
 
