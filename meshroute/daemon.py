@@ -15,18 +15,22 @@ logged as needing a restart.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import ipaddress
 import logging
 import os
 import signal
 import sys
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 from meshroute.agent import Agent, LoopSettings
 from meshroute.clock import SystemClock
 from meshroute.config import Config, ConfigError, HostPort, load_config
 from meshroute.core import AgentCore, CoreSettings
 from meshroute.local import Session
+from meshroute.model import Address
 from meshroute.netinfo import InterfaceError, Resolved, resolve_defaults
 
 log = logging.getLogger(__name__)
@@ -36,7 +40,8 @@ log = logging.getLogger(__name__)
 EXIT_RESTART = 75
 
 RELOADABLE = ("log_level", "announce_interval", "hold_time", "status_poll_interval",
-              "resync_interval", "client_networks", "max_claims_per_peer")  # fmt: skip
+              "resync_interval", "client_networks", "max_claims_per_peer",
+              "clock_offset_warning")  # fmt: skip
 
 
 def main(config_path: str | None, log_level: str | None = None) -> int:
@@ -80,7 +85,20 @@ def core_settings(config: Config, resolved: Resolved) -> CoreSettings:
         max_claims_per_peer=config.max_claims_per_peer,
         next_hop=resolved.next_hop,
         next_hop6=resolved.next_hop6,
+        max_clock_skew=config.max_clock_skew,
+        backbone_networks=resolved.backbone_networks,
+        reserved_hops=broker_addresses(config.broker_url),
     )
+
+
+def broker_addresses(urls: Sequence[str]) -> tuple[Address, ...]:
+    """The brokers' IP addresses named in the URLs: never a peer's next hop."""
+    found: list[Address] = []
+    for url in urls:
+        host = urlsplit(url).hostname or ""
+        with contextlib.suppress(ValueError):
+            found.append(ipaddress.ip_address(host))
+    return tuple(found)
 
 
 def loop_settings(config: Config) -> LoopSettings:

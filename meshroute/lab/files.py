@@ -178,6 +178,7 @@ def write_agent(
         "openvpn_mgmt_pass_file": str(paths.mgmt_password(server.name)),
         "control_socket": str(paths.control_socket(server.name)),
         "hook_socket": str(paths.hook_socket(server.name)),
+        "state_dir": str(paths.agent_conf(server.name).parent),
         "announce_interval": timings.announce_interval,
         "hold_time": timings.hold_time,
         "status_poll_interval": timings.status_poll_interval,

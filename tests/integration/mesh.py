@@ -81,6 +81,7 @@ class AgentProc:
             "control_socket": str(self.control),
             "hook_socket": str(self.hook_socket),
             "dataplane_netns": self.netns,
+            "state_dir": str(self.tmp),
             "log_level": "debug",
             **self.settings,
         }
