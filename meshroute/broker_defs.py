@@ -11,7 +11,7 @@ Invariants:
 - The permissions are :func:`agent_permissions`, the ones the
   lab and the tests grant and docs/protocol.md explains: never written twice.
 - No password is ever written into the definitions, only RabbitMQ's salted
-  SHA-256 hash (``rabbitpassword_hashing_sha256``). Plain passwords live only in
+  SHA-256 hash (``rabbit_password_hashing_sha256``). Plain passwords live only in
   the operator's password files (read, or created mode 0600 and never overwritten)
   or, without a password directory, are returned once for the caller to print.
 - Agent and user names follow the config's rule (a queue-name suffix, a broker user
@@ -250,7 +250,7 @@ def _user(cred: Credential, tags: list[str], hash_password: Callable[[str], str]
     return {
         "name": cred.user,
         "password_hash": hash_password(cred.password),
-        "hashing_algorithm": "rabbitpassword_hashing_sha256",
+        "hashing_algorithm": "rabbit_password_hashing_sha256",
         "tags": tags,
     }
 

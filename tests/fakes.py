@@ -38,15 +38,15 @@ ROUTING_HEADER = (
 
 @dataclass(frozen=True)
 class FakeSession:
-    """One client session. ``live``: the client keeps sending (Last Ref is "now"
-    whenever the status is rendered); otherwise Last Ref stays at ``since`` (a stale
-    session whose client moved away)."""
+    """One client session. ``live`` True: the client keeps sending (Last Ref is "now"
+    whenever the status is rendered); False: Last Ref stays at ``since`` (a stale
+    session whose client moved away); None: no ROUTING_TABLE row (no evidence)."""
 
     common_name: str
     address: str
     since: int
     address6: str = ""
-    live: bool = True
+    live: bool | None = None
 
 
 def render_status(sessions: Iterable[FakeSession], clock_offset: int = 0) -> str:
@@ -61,6 +61,8 @@ def render_status(sessions: Iterable[FakeSession], clock_offset: int = 0) -> str
             f"CLIENT_LIST\t{s.common_name}\t{real}\t{s.address}\t{s.address6}"
             f"\t100\t100\t-\t{s.since}\tUNDEF\t{i}\t{i}\tAES-256-GCM"
         )
+        if s.live is None:
+            continue
         last_ref = now if s.live else s.since
         for address in filter(None, (s.address, s.address6)):
             routes.append(f"ROUTING_TABLE\t{address}\t{s.common_name}\t{real}\t-\t{last_ref}")

@@ -40,6 +40,14 @@ def ip(*args: str) -> str:
     return subprocess.run(["ip", *args], check=True, capture_output=True, text=True).stdout
 
 
+def libfaketime() -> Path:
+    """Debian's libfaketime (package faketime; the variant for threaded programs)."""
+    found = sorted(Path("/usr/lib").glob("*/faketime/libfaketimeMT.so.1"))
+    if not found:
+        raise FileNotFoundError("libfaketimeMT.so.1 not found: install Debian's faketime")
+    return found[0]
+
+
 def backbone(index: int) -> str:
     return f"10.200.200.{index}"
 
@@ -108,10 +116,13 @@ class AgentProc:
         )
         self._publish_status()
 
-    def connect(self, address: str, cn: str, *, hook: bool = True) -> int:
-        """A client session starts here: OpenVPN lists it, and runs the hook."""
+    def connect(self, address: str, cn: str, *, hook: bool = True, live: bool | None = None) -> int:
+        """A client session starts here: OpenVPN lists it, and runs the hook.
+
+        ``live=True`` lists its Last Ref as "now" at every poll (see FakeSession).
+        """
         since = int(time.time()) + self.clock_offset
-        self.sessions[address] = FakeSession(cn, address, since)
+        self.sessions[address] = FakeSession(cn, address, since, live=live)
         self._publish_status()
         if hook:
             env = {"common_name": cn, "ifconfig_pool_remote_ip": address,
@@ -128,9 +139,14 @@ class AgentProc:
         command = [sys.executable, "-m", "meshroute", "agent", str(config)]
         env = None
         if self.clock_offset:
-            # A skewed wall clock for this process only; monotonic time stays real.
-            command = ["faketime", "-f", f"{self.clock_offset:+d}s", *command]
-            env = {**os.environ, "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+            # A skewed wall clock for this process only (libfaketime preloaded into
+            # the agent itself, so its pid is the agent's); monotonic time stays real.
+            env = {
+                **os.environ,
+                "LD_PRELOAD": str(libfaketime()),
+                "FAKETIME": f"{self.clock_offset:+d}s",
+                "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+            }
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env

@@ -68,9 +68,9 @@ def test_a_clock_a_minute_ahead_cannot_keep_a_client_that_moved(skewed: Mesh, ra
     a, b, c = skewed.agents.values()
     cut_off(rabbit, b.name)
     poll(lambda: not (b.query("health") or {}).get("broker_connected"), 10, "b cut off")
-    a.connect(HOST, "roamer")  # stamped with a's clock, a minute ahead
+    a.connect(HOST, "roamer", live=True)  # stamped with a's clock, a minute ahead
     poll(lambda: c.routes().get(HOST) == backbone(a.index), 10, "c to route via a")
-    b.connect(HOST, "roamer")  # the client moves to b while b is cut off
+    b.connect(HOST, "roamer", live=True)  # the client moves to b while b is cut off
     a.went_silent(HOST)  # a keeps listing the stale session; nothing arrives there
     reconnect(rabbit, b.name, skewed.exchange)
     want = backbone(b.index)
