@@ -73,6 +73,8 @@ class StartError(Exception):
 
 
 def main(config_path: str | None, log_level: str | None = None) -> int:
+    if config_path is not None and not _readable(config_path):
+        return EXIT_NOPERM
     try:
         loaded = load_config(config_path, os.environ)
     except ConfigError as exc:
@@ -93,6 +95,19 @@ def main(config_path: str | None, log_level: str | None = None) -> int:
     except InterfaceError as exc:
         log.error("cannot start: %s", exc)
         return EXIT_RETRY
+
+
+def _readable(path: str) -> bool:
+    """False (and one line on stderr) when the config exists but this user may not read it."""
+    try:
+        with open(path, "rb"):
+            return True
+    except PermissionError:
+        print(f"error: {path}: not readable by user {current_user()} (permission denied)",
+              file=sys.stderr)  # fmt: skip
+        return False
+    except OSError:
+        return True  # missing and the like: load_config says it with the key context
 
 
 def log_format(config: Config) -> str:
