@@ -119,7 +119,7 @@ def _learn_address(
     obj: dict[str, Any], sent_ms: int, since: int | None, received_ms: int | None
 ) -> HookEvent:
     op = _choice(obj, "op", LEARN_OPS)
-    address = _learned_address(_string(obj, "address", required=True))
+    address = _learned_address(_string(obj, "address", required=True) or "")
     common_name = _common_name(obj, required=op != "delete")
     return HookEvent(
         kind=LEARN_ADDRESS,
@@ -168,7 +168,7 @@ def _string(obj: dict[str, Any], key: str, required: bool = False) -> str | None
 
 def _choice(obj: dict[str, Any], key: str, allowed: tuple[str, ...]) -> str:
     value = obj.get(key)
-    if value not in allowed:
+    if not isinstance(value, str) or value not in allowed:
         raise ValueError(f"{key!r} must be one of {', '.join(allowed)}; got {value!r}")
     return value
 
