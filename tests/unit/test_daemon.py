@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import pathlib
 import signal
 import socket
 import threading
@@ -205,3 +206,31 @@ def test_sighup_passes_new_client_networks_and_forces_a_full_resync(tmp_path):
     assert agent.core.table.client_networks == (ipaddress.ip_network("10.100.100.0/25"),)
     assert agent.core.settings.client_networks == agent.core.table.client_networks
     assert agent.sync.full_resync_needed
+
+
+DOCS = pathlib.Path(__file__).parents[2] / "docs" / "metrics.md"
+DASHBOARD = pathlib.Path(__file__).parents[2] / "deploy" / "grafana" / "meshroute.json"
+
+
+def exported_names(agent) -> set[str]:
+    return {f.name for f in AgentCollector(agent).collect()}
+
+
+def test_every_metric_is_documented(running):
+    docs = DOCS.read_text()
+    for name in exported_names(running):
+        assert f"`{name}" in docs, f"{name} is not in docs/metrics.md"
+
+
+def test_the_dashboard_queries_only_metrics_that_exist(running):
+    import json
+    import re
+
+    dashboard = json.loads(DASHBOARD.read_text())
+    known = exported_names(running)
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    assert exprs
+    for expr in exprs:
+        for name in re.findall(r"\b(meshroute_\w+?)(?:_bucket|_total)?\b", expr):
+            base = name.removesuffix("_bucket").removesuffix("_total")
+            assert base in known, f"{base} in {expr!r} is no metric"
