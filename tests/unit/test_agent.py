@@ -332,3 +332,26 @@ def test_health_is_bad_when_every_known_peer_fell_silent(cluster):
     cluster.until(lambda: "a" not in b.agent.core.table.peers, within=2 * HOLD)
     health = b.agent.query("health")
     assert not health["ok"] and "no peer heard" in " ".join(health["problems"])
+
+
+def test_every_json_field_is_in_the_documented_schema(cluster):
+    from pathlib import Path
+
+    docs = (Path(__file__).parents[2] / "docs" / "cli.md").read_text()
+    a, b = cluster.add("a").start(), cluster.add("b").start()
+    a.connect(CLIENT, "h")
+    cluster.until(lambda: b.route() == hop(1), within=1)
+
+    def keys(value: object) -> set[str]:
+        if isinstance(value, dict):
+            inner = {k for v in value.values() for k in keys(v)}
+            return set(value) | inner if "bad_by_reason" not in value else set(value)
+        if isinstance(value, list):
+            return {k for v in value for k in keys(v)}
+        return set()
+
+    for view in ("table", "peers", "health"):
+        answer = b.agent.query(view)
+        assert answer["schema"] == 1
+        for key in keys(answer) - set(answer.get("route_errors", {})):
+            assert f'"{key}"' in docs, f"{view}: field {key!r} not in docs/cli.md"

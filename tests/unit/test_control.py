@@ -154,3 +154,13 @@ def test_leave_asks_the_agent_and_waits_until_it_is_gone(tmp_path):
         assert "still stopping" in result.output
     finally:
         srv.close()
+
+
+def test_completion_as_documented_works():
+    import subprocess
+    import sys
+
+    env = {"_MESHROUTE_COMPLETE": "bash_source", "PATH": ""}
+    done = subprocess.run([sys.executable, "-c", "from meshroute.entry import main; main()"],
+                          env=env, capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert done.returncode == 0 and "_meshroute_completion()" in done.stdout
