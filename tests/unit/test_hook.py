@@ -353,7 +353,8 @@ def test_a_flood_of_bad_datagrams_is_counted_by_reason_and_logged_a_few_times(
         receiver.close()
     assert receiver.stats.bad == 20_000
     assert receiver.stats.bad_by_reason == {"not_json": 10_000, "op": 10_000}
-    assert 1 <= len(caplog.records) <= 5
+    bad_lines = [r for r in caplog.records if r.getMessage().startswith("bad hook datagram")]
+    assert 1 <= len(bad_lines) <= 5
 
 
 def test_hook_help_prints_the_usage_and_exits_0() -> None:
