@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -47,8 +48,15 @@ def mesh(rabbit: Broker, tmp_path) -> Iterator[Mesh]:
         print(m.logs())
 
 
-def test_sigterm_then_start_within_the_hold_time_changes_no_route(mesh: Mesh):
+def test_sigterm_then_start_within_the_hold_time_changes_no_route(
+    mesh: Mesh, tmp_path, monkeypatch
+):
     a, b, c = list(mesh.agents.values())
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # systemd's end, for b
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(10)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+    monkeypatch.setenv("WATCHDOG_USEC", "1000000")
     a.connect(HOST_A, "host2")
     b.connect(HOST_B, "host3")
     wanted = {HOST_A: backbone(1), HOST_B: backbone(2)}
@@ -62,6 +70,12 @@ def test_sigterm_then_start_within_the_hold_time_changes_no_route(mesh: Mesh):
         time.sleep(0.05)
     b.wait_ready()
     assert c.routes() == wanted
+    said = []
+    while not ({"READY=1", "WATCHDOG=1"} <= set(said) and any("STATUS=" in x for x in said)):
+        said += notify.recv(4096).decode().splitlines()
+    ready = said.index("READY=1")
+    assert said[ready + 1].startswith("STATUS=connected;")
+    notify.close()
 
 
 def test_leave_withdraws_at_once_and_exits_0(mesh: Mesh):
