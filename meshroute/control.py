@@ -194,7 +194,10 @@ def render(what: str, result: dict, detail: bool = False) -> str:
             text += "\n" + "\n".join(_claimants(row) for row in result["claims"])
         return text
     if what == "peers":
-        head = f"agent {result['agent']}: {len(result['peers'])} peer(s)"
+        gone = sum(1 for p in result["peers"] if str(p.get("state", "")).startswith("down"))
+        head = f"agent {result['agent']}: {len(result['peers']) - gone} peer(s)"
+        if gone:
+            head += f", {gone} gone"
         if result.get("frozen"):
             head += " (frozen: broker connection down, nobody expires)"
         return head + "\n" + format_rows(result["peers"], PEER_COLUMNS)
@@ -264,6 +267,8 @@ def cell(value: Any, key: str = "") -> str:
         return human_duration(value)
     if key in ("connected_since", "last_seen_at") and isinstance(value, int | float):
         return human_time(value)
+    if key == "epoch" and isinstance(value, int) and value > 10**12:  # a start time in ms
+        return "started " + human_time(value / 1000)
     if isinstance(value, dict):
         return ", ".join(f"{k}={cell(v)}" for k, v in value.items()) or "none"
     if isinstance(value, list):
