@@ -459,9 +459,12 @@ _PERMANENT = (
 )
 
 
-def _permanent(error: BaseException) -> bool:
+def _permanent(exc: BaseException) -> bool:
     """A refusal by the broker (login, vhost access) rather than a network problem."""
+    error: BaseException | None = exc
     for _ in range(5):
+        if error is None:
+            return False
         if isinstance(error, _PERMANENT):
             return True
         if isinstance(error, pika.exceptions.ConnectionClosedByBroker):
@@ -469,8 +472,6 @@ def _permanent(error: BaseException) -> bool:
         inner = getattr(error, "exceptions", None)
         nested = error.args[0] if error.args else None
         error = inner[-1] if inner else nested if isinstance(nested, BaseException) else None
-        if error is None:
-            return False
     return False
 
 
