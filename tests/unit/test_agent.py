@@ -96,8 +96,9 @@ class Node:
     def connect(self, address: Address, cn: str) -> None:
         since = self.cluster.clock.wall_ms() // 1000
         self.sessions.append(Session(address, cn, since))
+        now_ms = self.cluster.clock.wall_ms()
         self.agent.on_hook(
-            HookEvent("client-connect", "connect", address, None, cn, since, since * 1000)
+            HookEvent("client-connect", "connect", address, None, cn, since, now_ms, now_ms)
         )
 
     def route(self, address: Address = CLIENT) -> Address | None:
@@ -164,6 +165,9 @@ def test_client_on_a_is_routed_on_b_and_c_and_follows_a_move(cluster):
     c.connect(CLIENT, "host2")  # a keeps listing its stale session
     cluster.until(lambda: a.route() == hop(3) and b.route() == hop(3), within=1)
     assert c.route() is None
+    # c saw the hook and then removed its own route toward a: one hook-to-route sample
+    assert c.agent.stats.hook_to_route_seconds.count == 1
+    assert b.agent.stats.apply_seconds.count >= 2 and b.agent.stats.hook_to_route_seconds.count == 0
     changes = [n.dataplane.changes for n in (a, b, c)]
     cluster.advance(3 * HOLD)  # many polls, heartbeats and resyncs later: no flap back
     assert (a.route(), b.route(), c.route()) == (hop(3), hop(3), None)
