@@ -18,6 +18,7 @@ this thread only.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
@@ -51,6 +52,8 @@ ROUTE_LOG_WINDOW = 10.0
 # Hook arrivals waiting for a route change of their address: bounded, because most
 # hooks change no route on this agent (the client is local: OpenVPN routes it).
 MAX_PENDING_HOOKS = 10_000
+# A route change this long after the address's last hook was not caused by it.
+MAX_HOOK_TO_ROUTE_MS = 60_000
 
 StatusSource = Callable[[], Sequence[Session]]
 
@@ -415,24 +418,25 @@ class Agent:
         if not pending:
             return
         wall = self.clock.wall_ms()
-        for address in (*plan.replace, *plan.delete):
+        for address in itertools.chain(plan.replace, plan.delete):
             received = pending.pop(address, None)
-            if received is not None:
+            if received is not None and wall - received <= MAX_HOOK_TO_ROUTE_MS:
                 self.stats.hook_to_route_seconds.observe(max(0, wall - received) / 1000)
 
     def _log_routes(self, plan: Plan, took: float, now: float) -> None:
         """Each route change names address, client, owner and next hop (INFO, bounded)."""
-        changes = [(a, hop) for a, hop in plan.replace.items()] + [(a, None) for a in plan.delete]
+        changes: Iterable[tuple[Address, Address | None]] = itertools.chain(
+            plan.replace.items(), ((a, None) for a in plan.delete)
+        )
+        total = len(plan.replace) + len(plan.delete)
         budget, detailed = self.stats.route_log, log.isEnabledFor(logging.DEBUG)
-        shown = 0
-        for address, hop in changes:
+        for shown, (address, hop) in enumerate(changes):
             if budget.allow(now):
                 log.info("%s", self._describe_route(address, hop))
-                shown += 1
             elif detailed:
                 log.debug("%s", self._describe_route(address, hop))
             else:
-                budget.suppressed += len(changes) - shown - 1
+                budget.suppressed += total - shown - 1  # allow() counted this one
                 break
         for prefix in plan.strays:
             log.info("route %s: deleted (owned by meshroute, not a host route we want)", prefix)
