@@ -418,7 +418,12 @@ class Agent:
         if not pending:
             return
         wall = self.clock.wall_ms()
-        for address in itertools.chain(plan.replace, plan.delete):
+        if len(pending) < len(plan.replace) + len(plan.delete):  # walk the smaller side
+            deleted = set(plan.delete)
+            changed = [a for a in pending if a in plan.replace or a in deleted]
+        else:
+            changed = [a for a in itertools.chain(plan.replace, plan.delete) if a in pending]
+        for address in changed:
             received = pending.pop(address, None)
             if received is not None and wall - received <= MAX_HOOK_TO_ROUTE_MS:
                 self.stats.hook_to_route_seconds.observe(max(0, wall - received) / 1000)
