@@ -61,9 +61,10 @@ def check_as_user(config_path: str, user: str) -> int:
     if pid == 0:  # the child becomes the user, checks, and reports by exit status
         code = 1
         try:
-            os.initgroups(user, entry.pw_gid)
-            os.setgid(entry.pw_gid)
-            os.setuid(entry.pw_uid)
+            if os.geteuid() == 0:  # else we already are USER (checked above)
+                os.initgroups(user, entry.pw_gid)
+                os.setgid(entry.pw_gid)
+                os.setuid(entry.pw_uid)
             code = _check_files(config_path, user)
         finally:
             os._exit(code)
