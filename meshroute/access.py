@@ -66,6 +66,9 @@ def check_as_user(config_path: str, user: str) -> int:
                 os.setgid(entry.pw_gid)
                 os.setuid(entry.pw_uid)
             code = _check_files(config_path, user)
+        except OSError as exc:
+            print(f"error: cannot become user {user}: {exc}", file=sys.stderr)
+            sys.stderr.flush()
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
