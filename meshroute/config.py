@@ -47,6 +47,7 @@ from meshroute.config_values import (
     IPV4,
     IPV6,
     LISTEN,
+    LOG_FORMAT,
     LOG_LEVEL,
     MGMT,
     NAME,
@@ -225,6 +226,14 @@ class Config:
     )
     log_level: str = field(
         default="info", metadata=_meta(LOG_LEVEL, "debug, info, warning or error.")
+    )
+    log_format: str | None = field(
+        default=None,
+        metadata=_meta(
+            LOG_FORMAT,
+            "Log lines: text, journal (syslog priority prefixes for journald) or json.",
+            "journal when $JOURNAL_STREAM is set (under systemd), else text",
+        ),
     )
     dataplane_netns: str | None = field(
         default=None,
