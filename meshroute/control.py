@@ -181,7 +181,8 @@ def leave_command(socket_path: str | None, config_path: str | None, wait: float)
 
 TABLE_COLUMNS = ("address", "common_name", "owner", "next_hop", "connected_for", "local",
                  "installed")  # fmt: skip
-PEER_COLUMNS = ("name", "next_hop", "next_hop6", "epoch", "last_seen", "claims", "state")
+PEER_COLUMNS = ("name", "next_hop", "next_hop6", "epoch", "last_seen", "claims", "clock_offset_ms",
+                "state")  # fmt: skip
 DURATIONS = {"connected_for", "last_seen", "expires_in", "uptime", "last_poll_age",
              "last_apply_age", "peers_silent_for"}  # fmt: skip
 

@@ -87,6 +87,7 @@ class CoreSettings:
     next_hop: Address | None = None
     next_hop6: Address | None = None
     max_clock_skew: float = 300.0
+    clock_offset_warning: float = 1.0
     backbone_networks: tuple[Network, ...] = ()
     reserved_hops: tuple[Address, ...] = ()  # the broker's addresses: never a next hop
 

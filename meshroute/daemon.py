@@ -141,6 +141,7 @@ def core_settings(config: Config, resolved: Resolved) -> CoreSettings:
         next_hop=resolved.next_hop,
         next_hop6=resolved.next_hop6,
         max_clock_skew=config.max_clock_skew,
+        clock_offset_warning=config.clock_offset_warning,
         backbone_networks=resolved.backbone_networks,
         reserved_hops=broker_addresses(config.broker_url),
     )

@@ -88,6 +88,9 @@ def peers_view(agent: Agent) -> dict[str, Any]:
                 "last_seen_at": history.peers[name].last_seen_wall,
                 "claims": len(peer.claims),
                 "refused": len(peer.refused),
+                "quarantined": peer.over_cap,
+                "next_hop_problem": peer.hop_problem,
+                "clock_offset_ms": peer.offset.offset_ms,
                 "state": "up" if peer.synced else "syncing",
                 "expires_in": None
                 if table.frozen
@@ -99,6 +102,7 @@ def peers_view(agent: Agent) -> dict[str, Any]:
         {"name": r.name, "next_hop": None, "next_hop6": None, "epoch": None,
          "last_seen": round(max(0.0, wall - r.last_seen_wall), 3),
          "last_seen_at": r.last_seen_wall, "claims": 0, "refused": 0,
+         "quarantined": False, "next_hop_problem": None, "clock_offset_ms": None,
          "state": f"down ({r.gone})", "expires_in": None}
         for r in history.rows() if not r.up
     ]  # fmt: skip
@@ -133,8 +137,10 @@ def health_view(agent: Agent) -> dict[str, Any]:
     # Peers were known and none has been heard for the hold time: this agent is
     # cut off (or alone) although the broker connection looks fine.
     peers_silent = silence is not None and silence > table.hold_time
+    isolated = core.isolated(now) if broker else None
     problems = [text for bad, text in (
         (not broker, "not connected to the broker"),
+        (isolated is not None, f"isolated: {isolated}"),
         (not polling, "OpenVPN status poll not working"),
         (bool(stats.route_errors), "routes failed"),
         (peers_silent, "no peer heard for longer than the hold time"),
@@ -145,6 +151,7 @@ def health_view(agent: Agent) -> dict[str, Any]:
         "epoch": core.epoch,
         "ok": not problems,
         "problems": problems,
+        "warnings": _warnings(agent),
         "peers_silent_for": None if silence is None else round(silence, 3),
         "uptime": round(now - stats.started_at, 3),
         "broker_connected": broker,
@@ -167,6 +174,7 @@ def health_view(agent: Agent) -> dict[str, Any]:
             "internal_errors": stats.internal_errors,
             "stale_messages": table.counters.stale,
             "refused_claims": table.counters.refused_claims,
+            "refusals": dict(table.counters.refusals),
             "expired_peers": table.counters.expired_peers,
             "ignored_local_addresses": stats.ignored_local,
             "applies": stats.applies,
@@ -175,6 +183,26 @@ def health_view(agent: Agent) -> dict[str, Any]:
         },
         "hooks": hook_counters(stats.hooks),
     }
+
+
+def _warnings(agent: Agent) -> list[str]:
+    """What an operator should look at although routing works: broken clocks, peers
+    quarantined or with a refused next hop."""
+    table, limit = agent.core.table, agent.core.settings.clock_offset_warning
+    found = []
+    for name in sorted(table.peers):
+        peer = table.peers[name]
+        offset = peer.offset.offset_ms
+        if offset is not None and abs(offset) > limit * 1000:
+            found.append(
+                f"peer {name}'s clock is {offset / 1000:+.3f}s off ours "
+                f"(clock_offset_warning {limit:g}s)"
+            )
+        if peer.over_cap:
+            found.append(f"peer {name} quarantined: over max_claims_per_peer")
+        if peer.hop_problem:
+            found.append(f"peer {name}: {peer.hop_problem}")
+    return found
 
 
 def hook_counters(hooks: Any) -> dict[str, Any]:
