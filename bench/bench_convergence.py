@@ -26,8 +26,8 @@ that no lab node uses. The forms, interleaved so that they share the machine's l
 
 Scripts are spawned from a thread that entered the source server's namespace, as
 OpenVPN (which lives there) would. ``t0`` is taken just before the spawn/call. One
-rtnetlink socket per server namespace timestamps (``time.monotonic``) every route
-notification of interest as it arrives: protocol 201 (meshroute), protocol 12 in
+``ip -ts monitor route`` per server namespace stamps every route
+notification of interest as it reads it: protocol 201 (meshroute), protocol 12 in
 table 101 (BIRD's install), anything in table 100 (the learn-address script's
 route, at the source). Convergence of a sample = max over the other servers of
 (arrival - t0). Then the withdrawal (``client-disconnect`` for meshroute,
@@ -62,8 +62,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from pyroute2 import netns as pyroute2_netns
@@ -86,11 +87,6 @@ from tests.functional.plugin_fixtures import (  # noqa: E402
 )
 
 PROTO_MESH = 201
-RTM_NEWROUTE, RTM_DELROUTE = 24, 25
-RTMGRP_IPV4_ROUTE = 0x40
-RTA_DST, RTA_TABLE = 1, 15
-HDR = struct.Struct("=IHHII")
-RTA = struct.Struct("=HH")
 CONSOLE = Path(sys.executable).parent / "meshroute"
 NEW, DEL = "new", "del"
 MESH, BIRD, LEARN = "mesh", "bird", "learn"  # what a route notification is
@@ -120,31 +116,36 @@ def in_netns(ns: str, make: Callable[[], object]) -> object:
 
 
 class RouteWatch:
-    """Arrival times (time.monotonic) of route notifications in every server netns.
+    """When each route notification of interest reached every server namespace.
 
-    ``first[(what, kind, dst, server)]`` keeps the first arrival; :meth:`arm` forgets
-    an address's entries before it is used again.
+    One ``ip -ts monitor route`` per server namespace (a small C process,
+    woken by the kernel's notification, that stamps it with the wall clock as it
+    reads it: no interpreter lock between the kernel and the timestamp); a thread
+    per monitor turns the lines into ``first[(what, kind, dst, server)]`` on this
+    process's monotonic clock. :meth:`arm` forgets an address's entries.
     """
 
     def __init__(self, netns_by_server: dict[str, str]) -> None:
         self.netns_by_server = netns_by_server
         self.first: dict[tuple[str, str, str, str], float] = {}
         self.cond = threading.Condition()
-        self.socks: list[socket.socket] = []
+        self.procs: list[subprocess.Popen[str]] = []
+        self.offset = time.time() - time.monotonic()
 
     def start(self) -> None:
         for server, ns in self.netns_by_server.items():
-            sock = in_netns(ns, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW,
-                                                      socket.NETLINK_ROUTE))  # fmt: skip
-            assert isinstance(sock, socket.socket)
-            sock.setsockopt(socket.SOL_SOCKET, 33, 4 << 20)  # SO_RCVBUFFORCE: never ENOBUFS
-            sock.bind((0, RTMGRP_IPV4_ROUTE))
-            self.socks.append(sock)
-            threading.Thread(target=self._read, args=(server, sock), daemon=True).start()
+            # -ts: "[ISO time] route"; stdbuf: a line as soon as it is printed, not 4 KiB later
+            argv = ["ip", "netns", "exec", ns, "stdbuf", "-oL", "ip", "-ts", "monitor", "route"]
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+            self.procs.append(proc)
+            threading.Thread(target=self._read, args=(server, proc), daemon=True).start()
+        time.sleep(0.5)  # every monitor has subscribed before the first sample
 
     def close(self) -> None:
-        for sock in self.socks:
-            sock.close()
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=5)
 
     def arm(self, dsts: list[str]) -> None:
         with self.cond:
@@ -158,50 +159,45 @@ class RouteWatch:
         with self.cond:
             return self.cond.wait_for(lambda: all(k in self.first for k in keys), timeout)
 
-    def _read(self, server: str, sock: socket.socket) -> None:
-        while True:
-            try:
-                data = sock.recv(1 << 16)
-            except OSError:
-                return  # closed at the end
-            now = time.monotonic()  # first thing after the wake-up: the arrival time
-            found = list(routes_of_interest(data))
+    def _read(self, server: str, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            found = parse_monitor_line(line, self.offset)
             if found:
+                at, what, kind, dst = found
                 with self.cond:
-                    for what, kind, dst in found:
-                        self.first.setdefault((what, kind, dst, server), now)
+                    self.first.setdefault((what, kind, dst, server), at)
                     self.cond.notify_all()
 
 
-def routes_of_interest(data: bytes) -> Iterator[tuple[str, str, str]]:
-    """(what, kind, dst) of each IPv4 route message we time in one datagram."""
-    offset = 0
-    while offset + 28 <= len(data):
-        length, msg_type, _, _, _ = HDR.unpack_from(data, offset)
-        if msg_type in (RTM_NEWROUTE, RTM_DELROUTE) and data[offset + 16] == socket.AF_INET:
-            table, proto, dst = _route_fields(data, offset, length)
-            what = (MESH if proto == PROTO_MESH else
-                    BIRD if proto == RTPROT_BIRD and table == INSTALL_TABLE else
-                    LEARN if table == LEARN_TABLE else None)  # fmt: skip
-            if what and dst:
-                yield what, (NEW if msg_type == RTM_NEWROUTE else DEL), dst
-        offset += (length + 3) & ~3 or len(data)
+def parse_monitor_line(line: str, offset: float) -> tuple[float, str, str, str] | None:
+    """``[2026-11-29T02:15:38.972463] [Deleted ]DST ... [table T] [proto P] ...`` ->
+    (monotonic time, what, kind, dst) for the routes we time, else None."""
+    if not line.startswith("["):
+        return None
+    stamp, _, rest = line[1:].partition("] ")
+    words = rest.split()
+    kind = DEL if words[:1] == ["Deleted"] else NEW
+    words = words[1:] if kind == DEL else words
+    if not words or ":" in words[0] or not words[0][0].isdigit():
+        return None  # IPv6, or not a route line
+    dst = words[0] if "/" in words[0] else f"{words[0]}/32"
+    table = _after(words, "table") or "main"
+    proto = _after(words, "proto")
+    what = (MESH if proto == str(PROTO_MESH) else
+            BIRD if proto in ("bird", str(RTPROT_BIRD)) and table == str(INSTALL_TABLE) else
+            LEARN if table == str(LEARN_TABLE) else None)  # fmt: skip
+    if what is None:
+        return None
+    wall = datetime.fromisoformat(stamp).timestamp()
+    return wall - offset, what, kind, dst
 
 
-def _route_fields(data: bytes, offset: int, length: int) -> tuple[int, int, str | None]:
-    table, proto, dst_len = data[offset + 20], data[offset + 21], data[offset + 17]
-    dst = None
-    cursor, end = offset + 28, offset + length
-    while cursor + 4 <= end:
-        alen, atype = RTA.unpack_from(data, cursor)
-        if atype == RTA_DST:
-            dst = f"{ipaddress.IPv4Address(data[cursor + 4 : cursor + 8])}/{dst_len}"
-        elif atype == RTA_TABLE:
-            table = int.from_bytes(data[cursor + 4 : cursor + 8], sys.byteorder)
-        if alen < 4:
-            break
-        cursor += (alen + 3) & ~3
-    return table, proto, dst
+def _after(words: list[str], key: str) -> str | None:
+    try:
+        return words[words.index(key) + 1]
+    except (ValueError, IndexError):
+        return None
 
 
 class BrokerTap:
@@ -471,6 +467,42 @@ def report(samples: list[Sample], forms: list[str]) -> None:
               f"raced with a status poll, {timed_out} timed out")  # fmt: skip
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of these processes and their threads (10 ms resolution)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class CpuUse:
+    """CPU time of a group of processes: idle rate first, then during the samples."""
+
+    pids: list[int]
+    idle_rate: float = 0.0  # CPU seconds per second while nothing happens
+    start: float = 0.0
+    start_cpu: float = 0.0
+
+    def baseline(self, seconds: float) -> None:
+        before, t0 = cpu_seconds(self.pids), time.monotonic()
+        time.sleep(seconds)
+        self.idle_rate = (cpu_seconds(self.pids) - before) / (time.monotonic() - t0)
+
+    def begin(self) -> None:
+        self.start, self.start_cpu = time.monotonic(), cpu_seconds(self.pids)
+
+    def per_event(self, events: int) -> float:
+        """CPU seconds per event above the idle rate, for the whole group."""
+        busy = cpu_seconds(self.pids) - self.start_cpu
+        idle = self.idle_rate * (time.monotonic() - self.start)
+        return (busy - idle) / max(1, events)
+
+
 def load() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
@@ -482,7 +514,7 @@ def machine() -> str:
 
 
 def measure(lab: Lab, triggers: Triggers, forms: list[str], args: argparse.Namespace,
-            loads: list[float]) -> list[Sample]:  # fmt: skip
+            loads: list[float], cpu: dict[str, CpuUse]) -> list[Sample]:  # fmt: skip
     plan = lab.plan()
     servers = list(plan.server_names)
     ips = {s.name: str(s.backbone) for s in plan.servers}
@@ -492,6 +524,9 @@ def measure(lab: Lab, triggers: Triggers, forms: list[str], args: argparse.Names
     tap.start()
     hosts = free_addresses(args.servers)
     samples = []
+    for use in cpu.values():
+        use.baseline(3.0)
+        use.begin()
     try:
         for i in range(len(forms) * args.samples):
             host = hosts[i % len(hosts)]
@@ -547,6 +582,7 @@ def main() -> int:
     print(f"machine: {machine()}")
     bird = triggers = None
     loads = [load()]
+    cpu_lines: list[str] = []
     try:
         took = lab.up(args.servers, args.clients, timeout=90.0,
                       hooks="plugin" if library else "script")  # fmt: skip
@@ -555,7 +591,18 @@ def main() -> int:
         if "bird" in forms:
             bird = start_bird(plan, Path(work.name) / "bird")
         triggers = Triggers(lab, plan, library, bird)
-        samples = measure(lab, triggers, forms, args, loads)
+        state = lab.state()
+        cpu = {"agents": CpuUse([state.pids[f"{s}.agent"] for s in plan.server_names])}
+        if bird:
+            cpu["bird"] = CpuUse([proc.pid for proc in bird.procs.values()])
+        samples = measure(lab, triggers, forms, args, loads, cpu)
+        mesh_events = 2 * sum(s.form != "bird" for s in samples)
+        bird_events = 2 * sum(s.form == "bird" for s in samples)
+        cpu_lines = [f"CPU per event, all {args.servers} agents (above idle): "
+                     f"{cpu['agents'].per_event(mesh_events) * 1000:.2f} ms"]  # fmt: skip
+        if bird:
+            cpu_lines.append(f"CPU per event, all {args.servers} BIRDs (above idle): "
+                             f"{cpu['bird'].per_event(bird_events) * 1000:.2f} ms")  # fmt: skip
     finally:
         if triggers:
             triggers.close()
@@ -573,6 +620,7 @@ def main() -> int:
         f"{statistics.median(loads):.2f}, max {max(loads):.2f} on {os.cpu_count()} CPUs"
     )
     report(samples, forms)
+    print("\n".join(cpu_lines))
     return 0
 
 
