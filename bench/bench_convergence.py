@@ -467,16 +467,17 @@ def report(samples: list[Sample], forms: list[str]) -> None:
               f"raced with a status poll, {timed_out} timed out")  # fmt: skip
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """utime + stime of these processes and their threads (10 ms resolution)."""
-    total = 0
+def cpu_seconds(pids: list[int]) -> tuple[float, float]:
+    """(user, system) CPU seconds of these processes and their threads (10 ms ticks)."""
+    user = system = 0
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+        user, system = user + int(fields[11]), system + int(fields[12])
+    tick = os.sysconf("SC_CLK_TCK")
+    return user / tick, system / tick
 
 
 @dataclass
@@ -484,23 +485,31 @@ class CpuUse:
     """CPU time of a group of processes: idle rate first, then during the samples."""
 
     pids: list[int]
-    idle_rate: float = 0.0  # CPU seconds per second while nothing happens
+    idle_rate: tuple[float, float] = (0.0, 0.0)  # (user, system) CPU s per s, idle
     start: float = 0.0
-    start_cpu: float = 0.0
+    start_cpu: tuple[float, float] = (0.0, 0.0)
 
     def baseline(self, seconds: float) -> None:
         before, t0 = cpu_seconds(self.pids), time.monotonic()
         time.sleep(seconds)
-        self.idle_rate = (cpu_seconds(self.pids) - before) / (time.monotonic() - t0)
+        after, took = cpu_seconds(self.pids), time.monotonic() - t0
+        self.idle_rate = ((after[0] - before[0]) / took, (after[1] - before[1]) / took)
 
     def begin(self) -> None:
         self.start, self.start_cpu = time.monotonic(), cpu_seconds(self.pids)
 
-    def per_event(self, events: int) -> float:
-        """CPU seconds per event above the idle rate, for the whole group."""
-        busy = cpu_seconds(self.pids) - self.start_cpu
-        idle = self.idle_rate * (time.monotonic() - self.start)
-        return (busy - idle) / max(1, events)
+    def per_event(self, events: int) -> tuple[float, float]:
+        """(user, system) CPU seconds per event above the idle rate, whole group."""
+        now, took = cpu_seconds(self.pids), time.monotonic() - self.start
+        return tuple(  # type: ignore[return-value]
+            (now[i] - self.start_cpu[i] - self.idle_rate[i] * took) / max(1, events) for i in (0, 1)
+        )
+
+
+def cpu_line(what: str, use: CpuUse, events: int) -> str:
+    user, system = use.per_event(events)
+    return (f"CPU per event, {what} (above idle): {(user + system) * 1000:.2f} ms "
+            f"(user {user * 1000:.2f}, system {system * 1000:.2f})")  # fmt: skip
 
 
 def load() -> float:
@@ -598,11 +607,9 @@ def main() -> int:
         samples = measure(lab, triggers, forms, args, loads, cpu)
         mesh_events = 2 * sum(s.form != "bird" for s in samples)
         bird_events = 2 * sum(s.form == "bird" for s in samples)
-        cpu_lines = [f"CPU per event, all {args.servers} agents (above idle): "
-                     f"{cpu['agents'].per_event(mesh_events) * 1000:.2f} ms"]  # fmt: skip
+        cpu_lines = [cpu_line(f"all {args.servers} agents", cpu["agents"], mesh_events)]
         if bird:
-            cpu_lines.append(f"CPU per event, all {args.servers} BIRDs (above idle): "
-                             f"{cpu['bird'].per_event(bird_events) * 1000:.2f} ms")  # fmt: skip
+            cpu_lines.append(cpu_line(f"all {args.servers} BIRDs", cpu["bird"], bird_events))
     finally:
         if triggers:
             triggers.close()
