@@ -89,3 +89,19 @@ def test_script_config_keeps_the_three_script_lines() -> None:
 def test_plugin_paths_must_be_absolute_single_words(library: Path, sock: Path) -> None:
     with pytest.raises(ValueError, match=r"absolute|without spaces"):
         PluginHook(library, sock).line()
+
+
+def test_lab_up_refuses_a_missing_plugin_before_making_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from meshroute.lab.lab import Lab, LabError
+
+    def must_not_build(*_args: object) -> None:
+        raise AssertionError("lab up went on to build namespaces")
+
+    monkeypatch.setattr("meshroute.lab.openvpn_conf.find_plugin", lambda: None)
+    monkeypatch.setattr("meshroute.lab.lab.netns.create_namespaces", must_not_build)
+    lab = Lab("mrtnoplugin", root=tmp_path)
+    with pytest.raises(LabError, match="plugin is not built"):
+        lab.up(1, 0, hooks="plugin")
+    assert list(tmp_path.iterdir()) == []  # no state file, no directory, no namespace
