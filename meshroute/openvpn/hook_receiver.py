@@ -44,7 +44,10 @@ log = logging.getLogger(__name__)
 BAD_LOG_LINES = 5
 BAD_LOG_WINDOW = 60.0
 
-RECEIVE_BUFFER = 1 << 20  # room for a burst of ~5,000 events while the agent catches up
+# Room in bytes for a burst while the agent catches up. For a unix datagram socket
+# the kernel also caps the queue at net.unix.max_dgram_qlen datagrams (Linux's
+# default: 10): docs/install.md raises it, or senders that never wait drop events.
+RECEIVE_BUFFER = 1 << 20
 
 
 class HookReceiverError(RuntimeError):
