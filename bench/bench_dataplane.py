@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from pyroute2 import IPRoute
 
 from meshroute.dataplane.netlink import NetlinkDataplane
-from meshroute.model import Network, Route
+from meshroute.model import Route
 
 HOP = ipaddress.IPv4Address("192.0.2.2")
 PROTO, TABLE = 201, 254
@@ -110,7 +110,8 @@ def bench_per_call(ns: str, routes: list[Route], sample: int, repeat: int) -> fl
 
 
 def bench_resync(dp: NetlinkDataplane, routes: list[Route], repeat: int) -> float:
-    desired: dict[Network, ipaddress.IPv4Address] = {r.prefix: r.next_hop for r in routes}
+    # Keyed as the dump keys host routes (and as the agent's table names them): by address.
+    desired = {r.prefix.network_address: r.next_hop for r in routes}
 
     def run() -> None:
         kernel = dp.dump()
