@@ -32,6 +32,7 @@ from pyroute2 import IPRoute
 
 from meshroute.dataplane.netlink import NetlinkDataplane
 from meshroute.model import Route
+from meshroute.reconcile import RouteSync
 
 HOP = ipaddress.IPv4Address("192.0.2.2")
 PROTO, TABLE = 201, 254
@@ -122,6 +123,17 @@ def bench_resync(dp: NetlinkDataplane, routes: list[Route], repeat: int) -> floa
     return timed(run, lambda: None, repeat)
 
 
+def bench_agent_resync(dp: NetlinkDataplane, routes: list[Route], repeat: int) -> float:
+    """The agent's full resync: a dump handed to the core's mirror (RouteSync.plan_full)."""
+    desired = {r.prefix.network_address: r.next_hop for r in routes}
+    sync = RouteSync()
+
+    def run() -> None:
+        assert not sync.plan_full(dp.dump(), desired)
+
+    return timed(run, lambda: None, repeat)
+
+
 def bench_cold_dump(ns: str, count: int, repeat: int) -> float:
     """A new dataplane's first dump: no cached objects yet (an agent's start)."""
     samples = []
@@ -167,6 +179,7 @@ def measure(ns: str, dp: NetlinkDataplane, args: argparse.Namespace) -> list[tup
     assert dp.apply(many, []).ok
     rows += [
         (f"d. dump+diff, {m} owned, no change", bench_resync(dp, many, repeat)),
+        (f"d1. agent resync (dump + plan_full), {m}", bench_agent_resync(dp, many, repeat)),
         (f"d2. first dump of a new dataplane, {m}", bench_cold_dump(ns, m, repeat)),
         (f"e. ip route show proto {PROTO}, {m}", bench_ip_show(ns, m, repeat)),
         (f"f. pyroute2 route('dump'), {m} (1 run)", bench_pyroute2_dump(ns, m)),
