@@ -9,6 +9,12 @@ handled on the agent's own thread, in order:
 - status polls, from the poller thread (one short management connection per poll);
 - CLI queries, from the control socket's threads (answered between events).
 
+Two things do not wait for the loop, so that a busy loop (a huge snapshot) cannot
+make a live mesh look dead: the bus thread records when each sender's message
+arrived (liveness counts from arrival), and a keeper thread re-sends the last
+heartbeat when the loop has not sent one for 1.5 announce intervals (nothing the
+heartbeat describes can have changed meanwhile: only the loop changes it).
+
 After draining what is queued the loop runs timers, publishes what the core asked
 for, and reconciles the kernel once (level-triggered): only addresses whose claims
 changed, or everything on a full resync (at start, every ``resync_interval``, after
@@ -114,13 +120,25 @@ class Agent:
         self._poll_now = threading.Event()
         self._next_resync = 0.0
         self._was_synced = False
-        self._own_hops = tuple(h for h in (core.settings.next_hop, core.settings.next_hop6) if h)
+        self._own_hops = core.settings.own_hops
         self._threads: list[threading.Thread] = []
+        # broker user -> when its latest message reached our bus (the bus thread
+        # writes, the loop reads): liveness is judged on arrival, however busy we are.
+        self._arrivals: dict[str, float] = {}
+        self._arrivals_lock = threading.Lock()
+        self._poll_requested_for: float | None = None
+        # (when, body, message id) of the last heartbeat the loop published
+        self._last_heartbeat: tuple[float, bytes, str] | None = None
+        self.keeper_heartbeats = 0
         self.on_iteration: Callable[[Agent], None] | None = None  # metrics hook
 
     # --- inputs, from any thread ------------------------------------------------
 
     def on_message(self, envelope: Envelope) -> None:
+        if envelope.user_id is not None:
+            at = envelope.received_at
+            with self._arrivals_lock:
+                self._arrivals[envelope.user_id] = at if at is not None else self.clock.monotonic()
         self.inbox.put(envelope)
 
     def on_connection(self, up: bool) -> None:
@@ -145,7 +163,7 @@ class Agent:
 
     def reconfigure(self, core_settings: CoreSettings, loop: LoopSettings) -> None:
         """Apply settings that can change at run time (on the agent's thread)."""
-        self.core.reconfigure(core_settings)
+        self.core.reconfigure(core_settings, self.clock.monotonic())
         self.settings = loop
         self.sync.full_resync_needed = True  # client networks may have changed
 
@@ -169,6 +187,7 @@ class Agent:
         self.stats.started_at = now
         self.core.start(now)
         self._start_poller()
+        self._start_thread(self._keeper, "heartbeat-keeper")
         self.bus.start(self)
         log.info(
             "agent %s started (epoch %s, next hops %s)",
@@ -196,8 +215,12 @@ class Agent:
             if not isinstance(item, _Query):
                 self._handle_safely(item)
         now = self.clock.monotonic()
+        with self._arrivals_lock:
+            arrivals, self._arrivals = self._arrivals, {}
+        self.core.note_arrivals(arrivals)
         self.core.tick(now)
         self._publish()
+        self._poll_if_due(now)
         self._reconcile(now)
         for item in queries:  # answered after the reconcile, so "installed" is current
             self._answer(item)
@@ -245,6 +268,8 @@ class Agent:
                 self.core.on_bus_down()
 
     def _handle_envelope(self, envelope: Envelope, now: float) -> None:
+        if envelope.received_at is not None:
+            now = envelope.received_at  # liveness counts from arrival, not from now
         try:
             message = codec.decode(envelope.body, user_id=envelope.user_id)
         except codec.CodecError as exc:
@@ -306,19 +331,29 @@ class Agent:
         for out in self.core.take_outbox():
             message = out.message
             header = message.header
-            self.bus.publish(
-                codec.encode(message),
-                msg_type=message.type,
-                message_id=f"{header.origin}-{header.epoch}-{header.seq}",
-                to=out.to,
-            )
+            body = codec.encode(message)
+            message_id = f"{header.origin}-{header.epoch}-{header.seq}"
+            self.bus.publish(body, msg_type=message.type, message_id=message_id, to=out.to)
+            if message.type == "heartbeat" and out.to is None:
+                self._last_heartbeat = (self.clock.monotonic(), body, message_id)
+
+    def _poll_if_due(self, now: float) -> None:
+        """The core wants an early status poll (a local session lost a contest)."""
+        due = self.core.poll_due
+        if due is not None and now >= due and self._poll_requested_for != due:
+            self._poll_requested_for = due
+            self._poll_now.set()
 
     def _reconcile(self, now: float) -> None:
         table = self.core.table
         if self.core.synced and not self._was_synced:
             self._was_synced = True
             self.sync.full_resync_needed = True  # deletes were held back until now
+        if self.core.full_resync_wanted:
+            self.core.full_resync_wanted = False
+            self.sync.full_resync_needed = True  # a peer's state arrived: held routes
         allow_delete = self.core.synced
+        keep = self.core.keeps_route(now)
         if self.sync.full_resync_needed or now >= self._next_resync:
             table.take_dirty()
             try:
@@ -328,7 +363,7 @@ class Agent:
                 self._next_resync = now + self.settings.retry_after_failure
                 return
             desired = table.desired_hops(self._own_hops)
-            plan = self.sync.plan_full(kernel, desired, allow_delete=allow_delete)
+            plan = self.sync.plan_full(kernel, desired, allow_delete=allow_delete, keep=keep)
             self.stats.full_resyncs += 1
             self._next_resync = now + self.settings.resync_interval
         else:
@@ -336,7 +371,7 @@ class Agent:
             if not dirty:
                 return
             desired = table.desired_hops_for(dirty, self._own_hops)
-            plan = self.sync.plan_some(dirty, desired, allow_delete=allow_delete)
+            plan = self.sync.plan_some(dirty, desired, allow_delete=allow_delete, keep=keep)
         if plan:
             self._apply(plan, now)
 
@@ -366,9 +401,26 @@ class Agent:
     # --- status poller ----------------------------------------------------------
 
     def _start_poller(self) -> None:
-        thread = threading.Thread(target=self._poller, name="status-poller", daemon=True)
+        self._start_thread(self._poller, "status-poller")
+
+    def _start_thread(self, target: Callable[[], None], name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
         thread.start()
         self._threads.append(thread)
+
+    def _keeper(self) -> None:
+        """Re-send the last heartbeat while the loop is too busy to send one."""
+        interval = self.core.settings.announce_interval
+        while not self._stop.wait(interval / 4):
+            last = self._last_heartbeat
+            now = self.clock.monotonic()
+            if last is None or now - last[0] < 1.5 * self.core.settings.announce_interval:
+                continue
+            self.keeper_heartbeats += 1
+            self._last_heartbeat = (now, last[1], last[2])
+            self.bus.publish(
+                last[1], msg_type="heartbeat", message_id=f"{last[2]}-k{self.keeper_heartbeats}"
+            )
 
     def _poller(self) -> None:
         while not self._stop.is_set():

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from meshroute.model import (
+    MAX_COMMON_NAME,
     PROTOCOL_VERSION,
     Address,
     ClaimRecord,
@@ -36,7 +37,6 @@ from meshroute.model import (
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_CLAIMS = 262_144
-MAX_COMMON_NAME = 255
 MAX_INT = 2**63 - 1
 AGENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 DIGEST = re.compile(r"[0-9a-f]{16}")
@@ -60,6 +60,10 @@ def encode(msg: Message) -> bytes:
         "epoch": h.epoch,
         "seq": h.seq,
     }
+    if h.clock is not None:
+        obj["clock"] = h.clock
+    if h.sent_ms is not None:
+        obj["sent_ms"] = h.sent_ms
     obj.update(_ENCODERS[msg.type](msg))
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
@@ -116,7 +120,11 @@ def decode(body: bytes, *, user_id: str | None) -> Message:
     if parse is None:
         raise CodecError(f"field 'type': unknown message type {msg_type!r}")
     header = Header(
-        origin=_agent_name(obj, "origin"), epoch=_int(obj, "epoch"), seq=_int(obj, "seq")
+        origin=_agent_name(obj, "origin"),
+        epoch=_int(obj, "epoch"),
+        seq=_int(obj, "seq"),
+        clock=_opt_int(obj, "clock"),
+        sent_ms=_opt_int(obj, "sent_ms"),
     )
     if user_id is None:
         raise CodecError("identity: message has no broker user_id")
@@ -187,6 +195,11 @@ def _int(obj: Mapping[str, Any], name: str) -> int:
     return value
 
 
+def _opt_int(obj: Mapping[str, Any], name: str) -> int | None:
+    """An optional integer field (absent from senders that predate it)."""
+    return _int(obj, name) if name in obj else None
+
+
 def _agent_name(obj: Mapping[str, Any], name: str, *, nullable: bool = False) -> str | None:
     value = _field(obj, name, str, nullable=nullable)
     if value is not None and not AGENT_NAME.fullmatch(value):
@@ -223,7 +236,8 @@ def _claim(value: Any, where: str) -> ClaimRecord:
         cn = _field(value, "cn", str)
         if len(cn) > MAX_COMMON_NAME or _CONTROL.search(cn):
             raise CodecError(
-                "field 'cn': longer than 255 characters or contains control characters"
+                f"field 'cn': longer than {MAX_COMMON_NAME} characters "
+                "or contains control characters"
             )
         return ClaimRecord(
             address=_address(value, "address"),

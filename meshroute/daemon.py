@@ -117,7 +117,8 @@ def status_source(config: Config):
         for s in report.sessions:
             for address in (s.virtual_address, s.virtual_address6):
                 if address is not None:
-                    sessions.append(Session(address, s.common_name, s.connected_since))
+                    last_ref = report.last_ref.get(str(address))
+                    sessions.append(Session(address, s.common_name, s.connected_since, last_ref))
         return sessions
 
     return fetch
@@ -148,7 +149,9 @@ def run(
     from meshroute.openvpn.hook_receiver import HookReceiver
 
     clock = SystemClock()
-    core = AgentCore(core_settings(config, resolved), epoch=clock.wall_ms())
+    core = AgentCore(
+        core_settings(config, resolved), epoch=clock.wall_ms(), wall_clock=clock.wall_ms
+    )
     dataplane = NetlinkDataplane(config.route_table, config.route_protocol, config.dataplane_netns)
     agent = Agent(
         core,

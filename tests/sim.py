@@ -130,6 +130,7 @@ class SimAgent:
     bus: MemoryBus | None = None
     sync: RouteSync = field(default_factory=RouteSync)
     next_poll: float = 0.0
+    poll_requested_for: float | None = None  # the core's early poll, once per due time
     next_resync: float = 0.0
     was_synced: bool = False
     own_hops: tuple[Address, ...] = ()
@@ -171,28 +172,36 @@ class SimAgent:
 def reconcile(agent: SimAgent, now: float, resync_interval: float) -> None:
     """One reconcile step, as ``meshroute.agent.Agent._reconcile`` does it today.
 
-    A full plan from a kernel dump at start, when the sync window ends and every
+    A full plan from a kernel dump at start, when the sync window ends, when the
+    core asks for one (a peer's state arrived, a peer expired) and every
     ``resync_interval``; otherwise a plan for the dirty addresses; deletes only once
-    the core is synced. Kept in step with the agent by hand until one reconcile owner
-    serves both. Records every delete made while the table is frozen of an address
-    the agent does not win itself (a frozen agent must delete no route).
+    the core is synced, and never of a route the core keeps (``keeps_route``). Kept
+    in step with the agent by hand until one reconcile owner serves both.
+
+    Records every delete made while the table is frozen of an address the agent
+    does not win itself (a frozen agent must delete no route).
     """
     core, sync, table = agent.core, agent.sync, agent.core.table
     if core.synced and not agent.was_synced:
         agent.was_synced = True
         sync.full_resync_needed = True
+    if core.full_resync_wanted:
+        core.full_resync_wanted = False
+        sync.full_resync_needed = True
     allow_delete = core.synced
+    keep = core.keeps_route(now)
     if sync.full_resync_needed or now >= agent.next_resync:
         table.take_dirty()
         desired = table.desired_hops(agent.own_hops)
-        plan = sync.plan_full(agent.kernel.dump(), desired, allow_delete=allow_delete)
+        kernel = agent.kernel.dump()
+        plan = sync.plan_full(kernel, desired, allow_delete=allow_delete, keep=keep)
         agent.next_resync = now + resync_interval
     else:
         dirty = table.take_dirty()
         if not dirty:
             return
         desired = table.desired_hops_for(dirty, agent.own_hops)
-        plan = sync.plan_some(dirty, desired, allow_delete=allow_delete)
+        plan = sync.plan_some(dirty, desired, allow_delete=allow_delete, keep=keep)
     if not plan:
         return
     before = len(agent.kernel.applied_deletes)
@@ -235,6 +244,7 @@ class World:
         self._next_traffic: dict[Address, float] = {}
         self.agents: dict[str, SimAgent | None] = {n: None for n in names}
         self._decoded: dict[tuple[bytes, str | None], Message] = {}
+        self._epochs: dict[str, int] = {}
         self.hook_loss = 0.0
         # The documented limit (docs/design.md): once a hook was lost or an agent lost
         # its memory, sessions of one address are ordered only to the second.
@@ -261,7 +271,10 @@ class World:
             next_hop=hop4,
             next_hop6=hop6,
         )
-        core = AgentCore(core_settings, epoch=clock.wall_ms())
+        # The epoch is a persisted incarnation (meshroute.incarnation): above the last.
+        epoch = max(clock.wall_ms(), self._epochs.get(name, -1) + 1)
+        self._epochs[name] = epoch
+        core = AgentCore(core_settings, epoch=epoch, wall_clock=clock.wall_ms)
         now = clock.monotonic()
         agent = SimAgent(
             name, core, clock, self.kernels[name], own_hops=(hop4, hop6), decoded=self._decoded
@@ -355,7 +368,10 @@ class World:
 
     def status(self, server: str) -> list[Session]:
         """``status 3`` of one server (Connected Since and Last Ref on its clock)."""
-        return [Session(a, s.common_name, s.since) for a, s in self.sessions[server].items()]
+        return [
+            Session(a, s.common_name, s.since, last_ref=s.last_ref)
+            for a, s in self.sessions[server].items()
+        ]
 
     def _traffic(self) -> None:
         """Live clients send packets: their session's Last Ref moves (server clock)."""
@@ -389,6 +405,10 @@ class World:
             agent.next_poll = now + self.settings.poll_interval
             agent.core.on_poll(self.status(agent.name), fetched_at=now)
         agent.core.tick(now)
+        due = agent.core.poll_due  # the core wants an early poll: the poller runs next
+        if due is not None and now >= due and agent.poll_requested_for != due:
+            agent.poll_requested_for = due
+            agent.next_poll = now
         self._after_input(agent)
 
     def _after_input(self, agent: SimAgent) -> None:
