@@ -245,6 +245,8 @@ class World:
         self.agents: dict[str, SimAgent | None] = {n: None for n in names}
         self._decoded: dict[tuple[bytes, str | None], Message] = {}
         self._epochs: dict[str, int] = {}
+        self._hops = {n: next_hops_of(i + 1) for i, n in enumerate(names)}
+        self.all_hops = frozenset(h for pair in self._hops.values() for h in pair)
         self.hook_loss = 0.0
         # The documented limit (docs/design.md): once a hook was lost or an agent lost
         # its memory, sessions of one address are ordered only to the second.
@@ -256,7 +258,7 @@ class World:
     # --- agents -------------------------------------------------------------------
 
     def hops(self, name: str) -> tuple[Address, Address]:
-        return next_hops_of(self.names.index(name) + 1)
+        return self._hops[name]
 
     def start_agent(self, name: str) -> None:
         assert self.agents[name] is None, f"{name} is running"
