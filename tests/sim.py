@@ -105,7 +105,8 @@ class Settings:
     keepalive: float = 10.0  # a connected client sends at least this often
     last_ref_window: float = 30.0  # quiescence lets clients talk for 2 x this
     step: float = 0.1  # simulation tick (the agent loop's tick)
-    calm_step: float = 1.0  # the tick once quiescence has settled (client traffic only)
+    settle_step: float = 0.25  # the tick while a calm world settles (no faults left)
+    calm_step: float = 1.0  # the tick once it has settled (heartbeats and client traffic)
 
 
 @dataclass
@@ -425,12 +426,12 @@ class World:
             self.heal(name)
 
     def quiesce(self) -> None:
-        """Calm, then let time run: hold time, a few announces and polls at the
-        normal tick; then two Last Ref windows of client traffic and a full resync
-        at a coarser tick (nothing but heartbeats and traffic happens by then)."""
+        """Calm, then let time run: hold time, a few announces and polls; then two
+        Last Ref windows of client traffic and a full resync. Coarser ticks than
+        under faults (a tick only delays what happens next by up to its length)."""
         self.calm()
         s = self.settings
-        self.run(s.hold_time + 3 * s.announce_interval + 2 * s.poll_interval)
+        self.run(s.hold_time + 3 * s.announce_interval + 2 * s.poll_interval, step=s.settle_step)
         self.run(2 * s.last_ref_window + s.resync_interval, step=s.calm_step)
 
     # --- views and truth --------------------------------------------------------------
