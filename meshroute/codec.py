@@ -107,11 +107,13 @@ _ENCODERS: dict[str, Callable[[Any], dict[str, Any]]] = {
 # --- decode -------------------------------------------------------------------------
 
 
-def decode(body: bytes, *, user_id: str | None) -> Message:
+def decode(body: bytes, *, user_id: str | None, max_claims: int = MAX_CLAIMS) -> Message:
     """Parse and validate one body; ``user_id`` is the broker-authenticated sender.
 
     Raises CodecError when anything is wrong, including a missing ``user_id`` or one
     that differs from the body's ``origin`` (the sender's identity is the broker's).
+    ``max_claims`` (the agent's per-peer cap) refuses a larger snapshot before its
+    claims are validated one by one: a flood costs a length check, not seconds.
     """
     obj = _parse_json(body)
     _check_version(obj)
@@ -119,6 +121,11 @@ def decode(body: bytes, *, user_id: str | None) -> Message:
     parse = _DECODERS.get(msg_type)
     if parse is None:
         raise CodecError(f"field 'type': unknown message type {msg_type!r}")
+    limit = min(max_claims, MAX_CLAIMS)
+    for name in ("claims", "echo"):
+        items = obj.get(name)
+        if isinstance(items, list) and len(items) > limit:
+            raise CodecError(f"field {name!r}: {len(items)} claims exceed the limit {limit}")
     header = Header(
         origin=_agent_name(obj, "origin"),
         epoch=_int(obj, "epoch"),
@@ -189,7 +196,7 @@ def _field(obj: Mapping[str, Any], name: str, kind: type, *, nullable: bool = Fa
 
 
 def _int(obj: Mapping[str, Any], name: str) -> int:
-    value = _field(obj, name, int)
+    value: int = _field(obj, name, int)
     if not 0 <= value <= MAX_INT:
         raise CodecError(f"field {name!r}: {value} is outside 0..2**63-1")
     return value
@@ -200,14 +207,26 @@ def _opt_int(obj: Mapping[str, Any], name: str) -> int | None:
     return _int(obj, name) if name in obj else None
 
 
-def _agent_name(obj: Mapping[str, Any], name: str, *, nullable: bool = False) -> str | None:
-    value = _field(obj, name, str, nullable=nullable)
+def _agent_name(obj: Mapping[str, Any], name: str) -> str:
+    value = _opt_agent_name(obj, name, nullable=False)
+    assert value is not None  # _field refused a null
+    return value
+
+
+def _opt_agent_name(obj: Mapping[str, Any], name: str, *, nullable: bool = True) -> str | None:
+    value: str | None = _field(obj, name, str, nullable=nullable)
     if value is not None and not AGENT_NAME.fullmatch(value):
         raise CodecError(f"field {name!r}: {value[:80]!r} is not a valid agent name")
     return value
 
 
-def _address(obj: Mapping[str, Any], name: str, *, nullable: bool = False) -> Address | None:
+def _address(obj: Mapping[str, Any], name: str) -> Address:
+    address = _opt_address(obj, name, nullable=False)
+    assert address is not None  # _field refused a null
+    return address
+
+
+def _opt_address(obj: Mapping[str, Any], name: str, *, nullable: bool = True) -> Address | None:
     text = _field(obj, name, str, nullable=nullable)
     if text is None:
         return None
@@ -220,8 +239,8 @@ def _address(obj: Mapping[str, Any], name: str, *, nullable: bool = False) -> Ad
 
 
 def _next_hops(obj: Mapping[str, Any]) -> dict[str, Any]:
-    hop4 = _address(obj, "next_hop", nullable=True)
-    hop6 = _address(obj, "next_hop6", nullable=True)
+    hop4 = _opt_address(obj, "next_hop")
+    hop6 = _opt_address(obj, "next_hop6")
     if hop4 is not None and hop4.version != 4:
         raise CodecError(f"field 'next_hop': {hop4} is not an IPv4 address")
     if hop6 is not None and hop6.version != 6:
@@ -291,7 +310,7 @@ def _heartbeat(obj: Mapping[str, Any], header: Header) -> Heartbeat:
 
 
 def _sync_request(obj: Mapping[str, Any], header: Header) -> SyncRequest:
-    return SyncRequest(header=header, target=_agent_name(obj, "target", nullable=True))
+    return SyncRequest(header=header, target=_opt_agent_name(obj, "target"))
 
 
 _DECODERS: dict[str, Callable[[Mapping[str, Any], Header], Message]] = {

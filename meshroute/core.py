@@ -87,6 +87,7 @@ class CoreSettings:
     next_hop: Address | None = None
     next_hop6: Address | None = None
     max_clock_skew: float = 300.0
+    clock_offset_warning: float = 1.0
     backbone_networks: tuple[Network, ...] = ()
     reserved_hops: tuple[Address, ...] = ()  # the broker's addresses: never a next hop
 
@@ -237,11 +238,14 @@ class AgentCore:
         restarted with us and has not spoken yet).
         """
         peers = self.table.peers.values()
-        unsynced = {h for p in peers if not p.synced for h in p.announced_hops if h is not None}
-        known = {h for p in peers for h in p.announced_hops if h is not None}
+        unsynced = {h for p in peers if not p.synced for h in (p.next_hop, p.next_hop6) if h}
         start = self.listening_since
-        early = start is None or now - start <= self.settings.hold_time
-        return lambda hop: hop in unsynced or (early and hop not in known)
+        if start is not None and now - start > self.settings.hold_time:
+            return lambda hop: hop in unsynced
+        # Early on: "unknown" is a hop no peer has announced since we started (a
+        # peer that said goodbye or expired meanwhile was known: its routes go).
+        known = self.table.hops_seen
+        return lambda hop: hop in unsynced or hop not in known
 
     def _synced_peers(self) -> set[str]:
         return {name for name, peer in self.table.peers.items() if peer.synced}

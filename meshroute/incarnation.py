@@ -19,14 +19,16 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-FILE_NAME = "epoch"
 
+def next_epoch(state_dir: Path | None, wall_ms: int, name: str = "agent") -> int:
+    """The epoch for this start: above the wall clock and above every earlier one.
 
-def next_epoch(state_dir: Path | None, wall_ms: int) -> int:
-    """The epoch for this start: above the wall clock and above every earlier one."""
+    Kept in ``STATE_DIR/NAME.epoch`` (one file per agent name, so agents sharing a
+    directory in a lab or a test never share an epoch).
+    """
     if state_dir is None:
         return wall_ms
-    path = state_dir / FILE_NAME
+    path = state_dir / f"{name}.epoch"
     previous = _read(path)
     epoch = wall_ms if previous is None else max(wall_ms, previous + 1)
     try:

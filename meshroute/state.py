@@ -158,6 +158,7 @@ class ClaimTable:
         self._by_address: dict[Address, Holders] = {}
         self._dirty: set[Address] = set()
         self._refusal_log: dict[tuple[str, str], tuple[float, int]] = {}
+        self.hops_seen: set[Address] = set()  # every next hop announced since we started
         self.overdue = False  # a peer's hold time ran out but we could not hear since
 
     # --- local claims -----------------------------------------------------------
@@ -313,8 +314,10 @@ class ClaimTable:
             return True  # a snapshot or delta never reached us
         if beat.count != len(peer.claims) + len(peer.refused):
             return True
-        if peer.refused_overflow:
-            return False  # we did not keep every refused claim: the digest cannot match
+        if peer.refused_overflow or peer.over_cap:
+            # Quarantined: we did not keep everything it sent, so no digest can match
+            # and asking again would only bring the same flood.
+            return False
         return beat.digest != peer.claims.digest_with(peer.refused)
 
     # --- next hops --------------------------------------------------------------
@@ -334,6 +337,7 @@ class ClaimTable:
         if problems and problems[0] != peer.hop_problem:
             self._refused(peer.name, BAD_NEXT_HOP, "; ".join(problems), now)
         peer.hop_problem = problems[0] if problems else None
+        self.hops_seen.update(h for h in (hop4, hop6) if h is not None)
         if admitted != (peer.next_hop, peer.next_hop6):
             if peer.next_hop is not None or peer.next_hop6 is not None:
                 old = _hops_text(peer.next_hop, peer.next_hop6)

@@ -38,6 +38,7 @@ import pika.exceptions
 import tenacity
 from pika.adapters.select_connection import SelectConnection
 
+from meshroute import __version__
 from meshroute.bus.base import BusHandler, Envelope
 
 log = logging.getLogger(__name__)
@@ -249,8 +250,12 @@ class AmqpBus:
         conn.channel(on_open_callback=self._on_channel_open)
 
     def _on_open_error(self, conn: SelectConnection, error: BaseException) -> None:
-        log.info("%s: cannot connect to %s: %s", self.name, self._urls[self._index],
-                 _reason(error))  # fmt: skip
+        reason, level = _reason(error), logging.INFO
+        if _permanent(error):  # refused login, wrong vhost: only an operator fixes that,
+            # so it is said once at ERROR (retries go on, at DEBUG, until it is fixed)
+            repeat = reason == getattr(self, "_permanent_error", None)
+            level, self._permanent_error = (logging.DEBUG if repeat else logging.ERROR), reason
+        log.log(level, "%s: cannot connect to %s: %s", self.name, self._urls[self._index], reason)
         conn.ioloop.stop()
 
     def _on_channel_open(self, channel) -> None:
@@ -430,7 +435,11 @@ def _parameters(
     params = pika.URLParameters(url)
     if not params.credentials.username:
         raise ValueError(f"broker URL {mask_url(url)} names no user (needed for user_id)")
-    params.client_properties = {"connection_name": f"meshroute agent {name}"}
+    params.client_properties = {
+        "connection_name": f"meshroute agent {name}",
+        "product": "meshroute",
+        "version": __version__,
+    }
     params.heartbeat = heartbeat
     params.connection_attempts = 1
     params.socket_timeout = timeout
@@ -446,6 +455,29 @@ def _ssl_options(host: str, tls: TlsSettings) -> pika.SSLOptions:
         key = str(tls.key_file) if tls.key_file else None
         context.load_cert_chain(str(tls.cert_file), key)
     return pika.SSLOptions(context, server_hostname=tls.server_hostname or host)
+
+
+_PERMANENT = (
+    pika.exceptions.ProbableAuthenticationError,
+    pika.exceptions.ProbableAccessDeniedError,
+    pika.exceptions.AuthenticationError,
+)
+
+
+def _permanent(exc: BaseException) -> bool:
+    """A refusal by the broker (login, vhost access) rather than a network problem."""
+    error: BaseException | None = exc
+    for _ in range(5):
+        if error is None:
+            return False
+        if isinstance(error, _PERMANENT):
+            return True
+        if isinstance(error, pika.exceptions.ConnectionClosedByBroker):
+            return error.reply_code in (403, 530)  # ACCESS_REFUSED, NOT_ALLOWED (vhost)
+        inner = getattr(error, "exceptions", None)
+        nested = error.args[0] if error.args else None
+        error = inner[-1] if inner else nested if isinstance(nested, BaseException) else None
+    return False
 
 
 def _reason(error: BaseException) -> str:

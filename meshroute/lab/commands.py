@@ -60,14 +60,18 @@ def lab() -> None:
 @click.option("--servers", default=3, show_default=True, type=click.IntRange(1, MAX_SERVERS))
 @click.option("--clients", default=6, show_default=True, type=click.IntRange(0, MAX_CLIENTS))
 @click.option("--timeout", default=90.0, show_default=True, help="Seconds to wait for it all.")
-def up(prefix: str, servers: int, clients: int, timeout: float) -> None:
+@click.option("--hooks", type=click.Choice(["auto", "plugin", "script"]), default="auto",
+              show_default=True,
+              help="OpenVPN -> agent events: the C plugin, the script hooks, or auto "
+                   "(the plugin when it is built).")  # fmt: skip
+def up(prefix: str, servers: int, clients: int, timeout: float, hooks: str) -> None:
     """Build the lab and return once every agent has converged."""
     from meshroute.lab.status import lab_status, render_where
 
     the_lab = _lab(prefix)
     logging.getLogger("meshroute.lab.lab").setLevel(logging.INFO)  # progress on stderr
     try:
-        took = the_lab.up(servers, clients, timeout)
+        took = the_lab.up(servers, clients, timeout, hooks)
     except Exception as exc:  # whatever failed, say where the logs are and how to clean up
         click.echo(f"error: lab up failed: {exc}", err=True)
         if the_lab.paths.root.exists():

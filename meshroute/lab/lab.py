@@ -35,6 +35,7 @@ from meshroute.lab.files import (
     write_client,
     write_server,
 )
+from meshroute.lab.openvpn_conf import choose_hook
 from meshroute.lab.pki import CertKey, Pki, make_pki
 from meshroute.lab.rabbitmq import RabbitNode
 from meshroute.lab.state import LabState, LabStore
@@ -106,10 +107,15 @@ class Lab:
 
     # --- up ---------------------------------------------------------------------------
 
-    def up(self, servers: int, clients: int, timeout: float = 90.0) -> float:
-        """Build and start everything; return the seconds it took to converge."""
+    def up(self, servers: int, clients: int, timeout: float = 90.0, hooks: str = "auto") -> float:
+        """Build and start everything; return the seconds it took to converge.
+        ``hooks``: how OpenVPN hands events to the agents (plugin, script, auto)."""
         started = time.monotonic()
         plan = make_plan(self.prefix, servers, clients)
+        try:  # refuse a missing plugin before making anything
+            choose_hook(hooks, self.paths.root)
+        except ValueError as exc:
+            raise LabError(str(exc)) from None
         found = self.leftovers()
         if found:
             raise LabError(
@@ -127,7 +133,7 @@ class Lab:
             broker = self.broker(plan)
             booting = pool.submit(broker.start, 90.0)
             pki = make_pki(self.paths.pki, list(plan.server_names), [c.name for c in plan.clients])
-            self._start_openvpn(plan, pki)
+            self._start_openvpn(plan, pki, hooks)
             log.info("lab %s: OpenVPN servers and clients started after %.1fs", self.prefix,
                      time.monotonic() - started)  # fmt: skip
             booting.result()
@@ -142,9 +148,9 @@ class Lab:
             raise LabError("the agents did not converge:\n  " + "\n  ".join(problems[:20]))
         return time.monotonic() - started
 
-    def _start_openvpn(self, plan: LabPlan, pki: Pki) -> None:
+    def _start_openvpn(self, plan: LabPlan, pki: Pki, hooks: str = "auto") -> None:
         for server in plan.servers:
-            write_server(self.paths, plan, server, pki, secrets.token_urlsafe(18))
+            write_server(self.paths, plan, server, pki, secrets.token_urlsafe(18), hooks)
             self._spawn(server.netns, f"{server.name}.openvpn", self._openvpn_argv(server.name),
                         self.paths.log(server.name, "openvpn"))  # fmt: skip
         for server in plan.servers:

@@ -15,6 +15,9 @@ Invariants:
 
 - Only "Common Name", "Real Address", "Virtual Address" and "Connected Since
   (time_t)" are required columns; the rest are used when present.
+- A common name longer than the bus allows (``meshroute.codec.MAX_COMMON_NAME``) or
+  with control characters is a problem of its row, not a session: one bad name must
+  never reach a snapshot, where every peer would refuse the whole snapshot.
 - A row that is still authenticating (common name ``UNDEF``, or no virtual address
   yet) is skipped and counted, not reported as a problem.
 - One malformed row never loses the others: it becomes a :class:`ParseError` in
@@ -33,6 +36,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
+
+from meshroute.model import MAX_COMMON_NAME
 
 COMMON_NAME = "Common Name"
 REAL_ADDRESS = "Real Address"
@@ -196,6 +201,13 @@ class _Header:
         v4_text, v6_text = row[VIRTUAL_ADDRESS], row.get(VIRTUAL_ADDRESS6, "")
         if common_name in ("", PENDING_COMMON_NAME) or not (v4_text or v6_text):
             return None
+        if len(common_name) > MAX_COMMON_NAME or not common_name.isprintable():
+            raise ParseError(
+                number,
+                f"{COMMON_NAME} {common_name[:40]!r}: at most {MAX_COMMON_NAME} printable "
+                "characters (the limit of the bus)",
+                line,
+            )
         return ClientSession(
             common_name=common_name,
             real_address=row[REAL_ADDRESS],

@@ -16,9 +16,9 @@ def test_epoch_follows_the_wall_clock_and_never_goes_back(tmp_path):
 def test_a_missing_directory_is_made_and_garbage_is_ignored(tmp_path):
     state = tmp_path / "deep" / "state"
     assert next_epoch(state, 7) == 7
-    (state / "epoch").write_text("not a number\n")
+    (state / "agent.epoch").write_text("not a number\n")
     assert next_epoch(state, 3) == 3
-    assert (state / "epoch").read_text() == "3\n"
+    assert (state / "agent.epoch").read_text() == "3\n"
 
 
 def test_an_unwritable_place_falls_back_to_the_wall_clock(tmp_path):

@@ -162,3 +162,20 @@ def test_a_bad_last_ref_is_a_problem_and_loses_nothing_else() -> None:
     assert report.last_ref == {"10.100.100.95": 1795696544}
     assert len(report.sessions) == 1
     assert [p.line_number for p in report.problems] == [7]
+
+
+def test_a_common_name_longer_than_the_bus_allows_is_a_row_problem() -> None:
+    """One long name must not reach a snapshot (every peer would refuse it whole)."""
+    from meshroute.codec import MAX_COMMON_NAME
+
+    head = (
+        "HEADER\tCLIENT_LIST\tCommon Name\tReal Address\tVirtual Address\tConnected Since (time_t)"
+    )
+    rows = [
+        f"CLIENT_LIST\t{'x' * (MAX_COMMON_NAME + 1)}\t1.2.3.4:1\t10.8.0.6\t1700000000",
+        f"CLIENT_LIST\t{'y' * MAX_COMMON_NAME}\t1.2.3.5:1\t10.8.0.7\t1700000000",
+    ]
+    report = parse_status("\n".join(["TITLE\tx", head, *rows, "END"]))
+    assert [len(s.common_name) for s in report.sessions] == [MAX_COMMON_NAME]
+    [problem] = report.problems
+    assert problem.line_number == 3 and f"at most {MAX_COMMON_NAME}" in problem.message
