@@ -136,6 +136,7 @@ class SimAgent:
     was_synced: bool = False
     own_hops: tuple[Address, ...] = ()
     frozen_deletes: list[Network] = field(default_factory=list)  # the invariant's evidence
+    cut_off: bool = False  # silently: the agent is not told, it must notice by itself
 
     decoded: dict[tuple[bytes, str | None], Message] = field(default_factory=dict)
 
@@ -179,8 +180,9 @@ def reconcile(agent: SimAgent, now: float, resync_interval: float) -> None:
     the core is synced, and never of a route the core keeps (``keeps_route``). Kept
     in step with the agent by hand until one reconcile owner serves both.
 
-    Records every delete made while the table is frozen of an address the agent
-    does not win itself (a frozen agent must delete no route).
+    Records every delete made while the table is frozen (or the agent is silently
+    cut off from the broker) of an address the agent does not win itself: an agent
+    that cannot hear the bus must delete no route.
     """
     core, sync, table = agent.core, agent.sync, agent.core.table
     if core.synced and not agent.was_synced:
@@ -208,7 +210,7 @@ def reconcile(agent: SimAgent, now: float, resync_interval: float) -> None:
     before = len(agent.kernel.applied_deletes)
     result = agent.kernel.apply(plan.routes(), plan.deletes())
     sync.record(plan, result.failed)
-    if table.frozen:
+    if table.frozen or agent.cut_off:
         for prefix in agent.kernel.applied_deletes[before:]:
             winner = table.winner(host_address(prefix))  # type: ignore[arg-type]
             if winner is None or winner.owner != agent.name:
@@ -283,6 +285,7 @@ class World:
             name, core, clock, self.kernels[name], own_hops=(hop4, hop6), decoded=self._decoded
         )
         agent.next_poll = now + self.rng.uniform(0, 0.5)
+        agent.cut_off = name in self.broker._partitioned
         self.agents[name] = agent
         core.start(now)
         agent.bus = MemoryBus(self.broker, name)
@@ -306,12 +309,19 @@ class World:
             agent.publish()
             self.crash_agent(name)
 
-    def partition(self, name: str) -> None:
-        self.broker.partition(name)
+    def partition(self, name: str, *, silent: bool = False) -> None:
+        """Cut ``name`` off the broker; ``silent``: without it being told (no FIN, no RST)."""
+        self.broker.partition(name, silent=silent)
+        agent = self.agents[name]
+        if agent is not None:
+            agent.cut_off = True
         self._drain(name)
 
     def heal(self, name: str) -> None:
         self.broker.heal(name)
+        agent = self.agents[name]
+        if agent is not None:
+            agent.cut_off = False
         self._drain(name)
 
     def partitioned(self) -> list[str]:

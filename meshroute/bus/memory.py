@@ -10,7 +10,9 @@ It models what the agent can observe of RabbitMQ (see docs/protocol.md):
 - ``partition(name)`` is that agent losing its broker connection: its handler gets
   ``on_connection(False)``, nothing is delivered to it, and what it publishes waits
   in its outbox; ``heal(name)`` delivers ``on_connection(True)``, then the outbox
-  goes out, then queued messages flow again.
+  goes out, then queued messages flow again. ``partition(name, silent=True)`` is
+  a link that dies without the agent being told: nothing reaches it and what it
+  publishes is lost.
 - Deterministic by default: nothing is delivered until the test calls
   :meth:`MemoryBroker.deliver_all` or :meth:`MemoryBus.drain`; handler calls then
   happen on the calling thread, one at a time. ``threaded=True`` instead gives
@@ -123,23 +125,33 @@ class MemoryBroker:
         self._queues: dict[str, _Queue] = {}
         self._buses: dict[str, MemoryBus] = {}
         self._partitioned: set[str] = set()
+        self._silent: set[str] = set()  # cut without the agent being told
 
     # -- test controls -------------------------------------------------------------
 
-    def partition(self, name: str) -> None:
-        """Cut agent ``name`` off the broker (its connection is lost)."""
+    def partition(self, name: str, *, silent: bool = False) -> None:
+        """Cut agent ``name`` off the broker (its connection is lost).
+
+        ``silent``: the link dies without FIN or RST. The agent is not told
+        (its bus stays "connected"), nothing reaches it, and what it publishes is
+        lost on the dead link.
+        """
         with self._lock:
             self._partitioned.add(name)
+            if silent:
+                self._silent.add(name)
             bus = self._buses.get(name)
-        if bus is not None:
+        if bus is not None and not silent:
             bus._connection_changed(False)
 
     def heal(self, name: str) -> None:
         with self._lock:
             self._partitioned.discard(name)
+            was_silent = name in self._silent
+            self._silent.discard(name)
             bus = self._buses.get(name)
-        if bus is not None:
-            bus._connection_changed(True)
+        if bus is not None and (not was_silent or not bus.connected):
+            bus._connection_changed(True)  # (an agent that started while cut connects now)
 
     def delete_queue(self, name: str) -> None:
         """The agent's queue expires: queued messages are gone, fanout skips it."""
@@ -208,6 +220,8 @@ class MemoryBroker:
     def _route(self, sender: str, envelope: Envelope, to: str | None) -> None:
         with self._lock:
             self.published.append(Delivery(sender, to or "*", envelope))
+            if sender in self._silent:
+                return  # lost on a dead link the sender does not know about
             recipients = [to] if to is not None else list(self._queues)
             woken = []
             for name in recipients:

@@ -7,11 +7,12 @@ move (the old server keeps a stale session; also twice in a row, 50 ms to 4 s
 apart), leave; stale sessions are reaped; the
 bus drops, duplicates, delays and reorders; hooks get lost; agents crash, stop,
 start, restart (several at once), get cut off from the broker and come back; time
-passes, in steps from 50 ms to 15 s.
+passes, in steps from 50 ms to 15 s. A cut may be silent (no FIN, no RST: the
+agent is not told and must notice by itself).
 
 Invariants, after every step (and, but for the same winner, every simulated tick):
 
-- a frozen agent (cut off from the broker) deletes no route;
+- a frozen agent (cut off from the broker, told or not) deletes no route;
 - agents that hold the same claims for an address choose the same winner;
 - never a route outside the client networks, to a next hop, or to an address the
   agent wins itself (its own client: also during the start-up sync window);
@@ -196,6 +197,12 @@ class Convergence(RuleBasedStateMachine):
     @rule(server=server_index)
     def partition(self, server: int) -> None:
         self.w.partition(self.name(server))
+        self.changed()
+
+    @rule(server=server_index)
+    def cut_silently(self, server: int) -> None:
+        """The agent's link to the broker dies without FIN or RST: it is not told."""
+        self.w.partition(self.name(server), silent=True)
         self.changed()
 
     @rule(server=server_index)

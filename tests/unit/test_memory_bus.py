@@ -303,3 +303,20 @@ def test_threaded_mode_delivers_timed_copies_when_due():
     assert time.monotonic() - started >= 0.05
     for bus, _ in agents.values():
         bus.stop(1)
+
+
+def test_silent_partition_tells_the_agent_nothing_and_loses_what_it_sends():
+    broker = MemoryBroker()
+    agents = _agents(broker, "a", "b")
+    broker.deliver_all()
+    (bus_a, rec_a), (_, rec_b) = agents["a"], agents["b"]
+    broker.partition("a", silent=True)
+    _send(bus_a, b"into-the-void")
+    _send(agents["b"][0], b"for-a-later")
+    broker.deliver_all()
+    assert bus_a.connected and rec_a.connection == [True]
+    assert rec_a.bodies == [] and rec_b.bodies == [b"for-a-later"]
+    broker.heal("a")
+    broker.deliver_all()
+    assert rec_a.connection == [True]
+    assert rec_a.bodies == [b"for-a-later"] and rec_b.bodies == [b"for-a-later"]
