@@ -25,3 +25,20 @@ def test_no_route_to_own_client_while_a_restarted_peer_resyncs():
     machine.restart(downtime=1.0, servers={0})
     machine.move(client=0, first=1, gap=0.05, second=0)
     machine.teardown()
+
+
+def test_a_frozen_agent_keeps_routes_toward_a_peer_it_never_heard():
+    """s2 restarts while s1 is cut off, so s2 never hears s1 (its route toward s1,
+    adopted from the kernel, is kept for a hold time); then s2 loses the broker
+    too. Frozen, s2 cannot tell who is dead: the route must stay, also once that
+    hold time has passed. (Shrunk by hand from the example the long run found.)"""
+    machine = _machine(2)
+    machine.connect(client=0, server=0)
+    machine.wait(seconds=3.0)
+    assert machine.w.routes("s2")
+    machine.partition(server=0)
+    machine.restart(downtime=0.1, servers={1})
+    machine.wait(seconds=3.0)
+    machine.partition(server=1)
+    machine.wait(seconds=8.0)
+    machine.teardown()
