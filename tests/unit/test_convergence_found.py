@@ -42,3 +42,14 @@ def test_a_frozen_agent_keeps_routes_toward_a_peer_it_never_heard():
     machine.partition(server=1)
     machine.wait(seconds=8.0)
     machine.teardown()
+
+
+def test_a_quiet_restart_changes_no_route_on_the_restarted_agent_either():
+    """The client moved s1 -> s2 (s1 keeps a stale session). s2 restarts without
+    goodbye: during its sync window it hears s1's stale claim before its own
+    first poll, and must not route its own client to s1 meanwhile."""
+    machine = _machine(3)
+    machine.move(client=0, first=0, gap=1.5, second=1)
+    machine.quiesce()
+    machine.restart_quietly(downtime=0.1, servers={1})
+    machine.teardown()
