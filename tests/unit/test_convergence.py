@@ -4,11 +4,11 @@ A hypothesis stateful test (:class:`Convergence`) drives 2-5 real agent cores, e
 with its own server clock (offset up to +-5 s, drift up to +-200 ppm) and its own
 fake kernel, through the simulator in ``tests/sim.py``. Rules: clients connect,
 move (the old server keeps a stale session; also twice in a row, 50 ms to 4 s
-apart), leave; stale sessions are reaped; the
-bus drops, duplicates, delays and reorders; hooks get lost; agents crash, stop,
-start, restart (several at once), get cut off from the broker and come back; time
-passes, in steps from 50 ms to 15 s. A cut may be silent (no FIN, no RST: the
-agent is not told and must notice by itself).
+apart), leave; stale sessions are reaped; the bus drops, duplicates, delays and
+reorders; hooks get lost; agents crash, stop, start, restart (several at once),
+get cut off from the broker and come back; time passes, in steps from 50 ms to
+15 s. A cut may be silent (no FIN, no RST: the agent is not told and must notice
+by itself).
 
 Invariants, after every step (and, but for the same winner, every simulated tick):
 
