@@ -31,7 +31,8 @@ from contextlib import contextmanager
 from pyroute2 import IPRoute
 
 from meshroute.dataplane.netlink import NetlinkDataplane
-from meshroute.model import Network, Route
+from meshroute.model import Route
+from meshroute.reconcile import RouteSync
 
 HOP = ipaddress.IPv4Address("192.0.2.2")
 PROTO, TABLE = 201, 254
@@ -110,13 +111,25 @@ def bench_per_call(ns: str, routes: list[Route], sample: int, repeat: int) -> fl
 
 
 def bench_resync(dp: NetlinkDataplane, routes: list[Route], repeat: int) -> float:
-    desired: dict[Network, ipaddress.IPv4Address] = {r.prefix: r.next_hop for r in routes}
+    # Keyed as the dump keys host routes (and as the agent's table names them): by address.
+    desired = {r.prefix.network_address: r.next_hop for r in routes}
 
     def run() -> None:
         kernel = dp.dump()
         replace = [p for p, hop in desired.items() if kernel.get(p) != hop]
         delete = [p for p in kernel if p not in desired]
         assert not replace and not delete and len(kernel) == len(desired)
+
+    return timed(run, lambda: None, repeat)
+
+
+def bench_agent_resync(dp: NetlinkDataplane, routes: list[Route], repeat: int) -> float:
+    """The agent's full resync: a dump handed to the core's mirror (RouteSync.plan_full)."""
+    desired = {r.prefix.network_address: r.next_hop for r in routes}
+    sync = RouteSync()
+
+    def run() -> None:
+        assert not sync.plan_full(dp.dump(), desired)
 
     return timed(run, lambda: None, repeat)
 
@@ -166,6 +179,7 @@ def measure(ns: str, dp: NetlinkDataplane, args: argparse.Namespace) -> list[tup
     assert dp.apply(many, []).ok
     rows += [
         (f"d. dump+diff, {m} owned, no change", bench_resync(dp, many, repeat)),
+        (f"d1. agent resync (dump + plan_full), {m}", bench_agent_resync(dp, many, repeat)),
         (f"d2. first dump of a new dataplane, {m}", bench_cold_dump(ns, m, repeat)),
         (f"e. ip route show proto {PROTO}, {m}", bench_ip_show(ns, m, repeat)),
         (f"f. pyroute2 route('dump'), {m} (1 run)", bench_pyroute2_dump(ns, m)),

@@ -62,6 +62,18 @@ def host_address(prefix: Network) -> Address | None:
     return prefix.network_address if prefix.prefixlen == prefix.max_prefixlen else None
 
 
+RouteKey: TypeAlias = Address | Network
+"""How an owned route is named between the dataplane and the core: a host route
+(/32, /128) by its address, any other prefix by itself. The kernel dump yields
+these keys directly, so a resync of 100,000 host routes builds no prefix objects."""
+
+
+def route_key(prefix: Network) -> RouteKey:
+    """The key of an owned route's prefix (its address for a host route)."""
+    address = host_address(prefix)
+    return prefix if address is None else address
+
+
 def address_key(address: Address) -> tuple[int, int]:
     """Sort key for mixed IPv4/IPv6 addresses (they do not compare with each other)."""
     return (address.version, int(address))

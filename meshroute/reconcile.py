@@ -30,8 +30,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network
 
-from meshroute.model import Address, Network, Route, host_address, host_prefix
+from meshroute.model import Address, Network, Route, RouteKey, host_address, host_prefix
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,20 +119,26 @@ class RouteSync:
 
     def plan_full(
         self,
-        kernel: Mapping[Network, Address],
+        kernel: Mapping[RouteKey, Address],
         desired: Mapping[Address, Address],
         *,
         allow_delete: bool = True,
         keep: Keep = _keep_nothing,
     ) -> Plan:
-        """Plan from a fresh dump of the kernel; the mirror becomes that dump."""
+        """Plan from a fresh dump of the kernel; the mirror becomes that dump.
+
+        ``kernel`` is keyed as :meth:`meshroute.dataplane.base.Dataplane.dump` keys it:
+        a host route by its address, anything else (a stray) by its prefix.
+        """
         self.installed, self.strays = {}, {}
-        for prefix, hop in kernel.items():
-            address = host_address(prefix)
-            if address is None:
-                self.strays[prefix] = hop
-            else:
-                self.installed[address] = hop
+        for key, hop in kernel.items():
+            if isinstance(key, IPv4Network | IPv6Network):
+                address = host_address(key)
+                if address is None:
+                    self.strays[key] = hop
+                    continue
+                key = address
+            self.installed[key] = hop
         self.full_resync_needed = False
         plan = diff(desired, self.installed, allow_delete=allow_delete, keep=keep)
         if not allow_delete or not self.strays:

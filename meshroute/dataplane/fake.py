@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from meshroute.dataplane.base import ApplyResult
-from meshroute.model import Address, Network, Route
+from meshroute.model import Address, Network, Route, RouteKey, route_key
 
 
 @dataclass(frozen=True)
@@ -58,12 +58,14 @@ class FakeDataplane:
 
     # --- the Dataplane protocol ---------------------------------------------------
 
-    def dump(self) -> Mapping[Network, Address]:
+    def dump(self) -> Mapping[RouteKey, Address]:
+        """Keyed as the real dump is: a host route by its address (``owned`` itself,
+        the fake kernel, stays keyed by prefix for tests to read)."""
         self.dump_calls += 1
         if self._next_dump_error is not None:
             error, self._next_dump_error = self._next_dump_error, None
             raise error
-        return dict(self.owned)
+        return {route_key(prefix): hop for prefix, hop in self.owned.items()}
 
     def apply(self, replace: Iterable[Route], delete: Iterable[Network]) -> ApplyResult:
         self.apply_calls += 1

@@ -1,7 +1,12 @@
 """The real dataplane: owned host routes in the kernel, over one rtnetlink socket.
 
-The stateful half: batching, retries, locking and the owned-route cache. The bytes
+The stateful half: batching, retries, locking and which routes are ours. The bytes
 (messages, dump parsing, error acks, the socket itself) are in :mod:`.wire`.
+
+Memory: the dump is keyed by address for host routes (:func:`meshroute.model.
+route_key`) and handed over as it is; the only state kept here is the *set* of
+owned keys (the same objects the caller's mirror holds), not a second map of
+prefixes: at 100,000 routes a prefix-keyed copy cost ~50 MiB (docs/performance.md).
 
 Fast by construction (DESIGN.md targets: 10,000 routes within 2x ``ip -batch``; a
 no-change resync of 20,000 routes within 150 ms):
@@ -47,7 +52,7 @@ import tenacity
 
 from meshroute.dataplane import wire
 from meshroute.dataplane.base import ApplyResult
-from meshroute.model import Address, Network, Route
+from meshroute.model import Address, Network, Route, RouteKey, route_key
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +78,7 @@ class NetlinkDataplane:
         self._chunk, self._bufsize, self._timeout = chunk, bufsize, timeout
         self._lock = threading.Lock()
         self._seq = 0
-        self._owned: dict[Network, Address] | None = None
+        self._owned: set[RouteKey] | None = None  # as of the last dump and our changes
         self._encoder = wire.Encoder(table, protocol)
         self._parser = wire.DumpParser(protocol, table)
         self._retrying = tenacity.Retrying(
@@ -87,18 +92,19 @@ class NetlinkDataplane:
 
     # --- the Dataplane protocol ---------------------------------------------------
 
-    def dump(self) -> Mapping[Network, Address]:
+    def dump(self) -> Mapping[RouteKey, Address]:
         """Owned routes now in the kernel. A gateway-less one maps to 0.0.0.0 / ::."""
         with self._lock:
-            self._owned = self._retrying(self._dump_once)
-            return dict(self._owned)
+            routes = self._retrying(self._dump_once)
+            self._owned = set(routes)
+            return routes
 
     def apply(self, replace: Iterable[Route], delete: Iterable[Network]) -> ApplyResult:
         """Deletes first, then replaces; chunked; failures reported per prefix."""
         with self._lock:
             started = time.perf_counter()
             if self._owned is None:
-                self._owned = self._retrying(self._dump_once)
+                self._owned = set(self._retrying(self._dump_once))
             result = ApplyResult()
             requests = self._requests(replace, delete, result)
             uncertain: list[wire.Request] = []
@@ -145,8 +151,8 @@ class NetlinkDataplane:
 
     # --- dump ---------------------------------------------------------------------
 
-    def _dump_once(self) -> dict[Network, Address]:
-        routes: dict[Network, Address] = {}
+    def _dump_once(self) -> dict[RouteKey, Address]:
+        routes: dict[RouteKey, Address] = {}
         try:
             for family in (socket.AF_INET, socket.AF_INET6):
                 self._dump_family(family, routes)
@@ -156,7 +162,7 @@ class NetlinkDataplane:
         self._parser.forget_unless(routes)
         return routes
 
-    def _dump_family(self, family: int, routes: dict[Network, Address]) -> None:
+    def _dump_family(self, family: int, routes: dict[RouteKey, Address]) -> None:
         seq = self._next_seq()
         try:
             self._sock.send(wire.dump_request(family, seq, self.table, self.protocol))
@@ -172,14 +178,15 @@ class NetlinkDataplane:
     def _requests(
         self, replace: Iterable[Route], delete: Iterable[Network], result: ApplyResult
     ) -> list[wire.Request]:
-        owned = self._owned or {}
+        owned = self._owned or set()
         requests = [wire.Request(self._next_seq(), prefix, None) for prefix in delete]
         latest = {route.prefix: route.next_hop for route in replace}  # a repeat: last wins
         for prefix, next_hop in latest.items():
             if prefix.prefixlen == 0:
                 result.failed[prefix] = f"{prefix}: refusing a default route"
                 continue
-            requests.append(wire.Request(self._next_seq(), prefix, next_hop, prefix not in owned))
+            exclusive = route_key(prefix) not in owned
+            requests.append(wire.Request(self._next_seq(), prefix, next_hop, exclusive))
         return requests
 
     def _run_chunk(self, chunk: list[wire.Request], result: ApplyResult) -> list[wire.Request]:
@@ -259,11 +266,10 @@ class NetlinkDataplane:
         code, detail = error or (0, "")
         if request.next_hop is None and code in (0, errno.ESRCH):
             result.deleted += 1
-            self._owned.pop(request.prefix, None)
+            self._owned.discard(route_key(request.prefix))
         elif request.next_hop is not None and code == 0:
             result.replaced += 1
-            self._owned[request.prefix] = request.next_hop
-            self._parser.remember(request.prefix)
+            self._owned.add(route_key(request.prefix))
         else:
             text = self._failure_text(request, code, detail)
             result.failed[request.prefix] = text
@@ -287,9 +293,10 @@ class NetlinkDataplane:
         log.warning(
             "apply: %d acknowledgements lost (ENOBUFS), checking a fresh dump", len(uncertain)
         )
-        self._owned = self._retrying(self._dump_once)
+        routes = self._retrying(self._dump_once)
+        self._owned = set(routes)
         for request in uncertain:
-            now = self._owned.get(request.prefix)
+            now = routes.get(route_key(request.prefix))
             if now == request.next_hop:  # deleted: both None; replaced: same next hop
                 result.deleted += request.next_hop is None
                 result.replaced += request.next_hop is not None

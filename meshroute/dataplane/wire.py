@@ -46,7 +46,7 @@ from pyroute2.netlink import (
 )
 from pyroute2.netlink.rtnl import RTM_DELROUTE, RTM_GETROUTE, RTM_NEWROUTE
 
-from meshroute.model import Address, Network
+from meshroute.model import Address, Network, RouteKey
 
 NETLINK_CAP_ACK = 10  # errors echo only the request header (not in pyroute2 0.9)
 SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33  # root may exceed net.core.[rw]mem_max
@@ -219,26 +219,22 @@ def _extack_message(data: bytes, offset: int, length: int, flags: int) -> str:
 
 
 class DumpParser:
-    """Reads route dumps. Caches the objects it makes: a resync sees the same prefixes
-    and next hops again, and building ipaddress objects is most of a dump's cost."""
+    """Reads route dumps into ``key -> next hop`` (a host route keyed by its address).
+
+    Only next hops are cached (a handful of objects a resync sees again and again);
+    route keys are made afresh: a cache of 100,000 prefix objects cost ~40 MiB, and an
+    address from 4 or 16 packed bytes is cheap to make."""
 
     def __init__(self, protocol: int, table: int) -> None:
         self.protocol, self.table = protocol, table
         self._next_hops: dict[bytes, Address] = {}
-        self._networks: dict[tuple[int, bytes], Network] = {}
 
-    def remember(self, prefix: Network) -> None:
-        """A prefix we just installed: the next dump finds its object ready."""
-        self._networks[prefix.prefixlen, prefix.network_address.packed] = prefix
-
-    def forget_unless(self, routes: Mapping[Network, Address]) -> None:
-        """Bound the caches: drop them once they outgrow the owned routes."""
-        if len(self._networks) > 2 * len(routes) + 1024:
-            self._networks.clear()
+    def forget_unless(self, routes: Mapping[RouteKey, Address]) -> None:
+        """Bound the next-hop cache."""
         if len(self._next_hops) > 4096:
             self._next_hops.clear()
 
-    def feed(self, data: bytes, seq: int, routes: dict[Network, Address]) -> bool:
+    def feed(self, data: bytes, seq: int, routes: dict[RouteKey, Address]) -> bool:
         """Add the owned routes in one dump datagram to ``routes``; True at the end."""
         offset, size = 0, len(data)
         while offset + 16 <= size:
@@ -256,7 +252,7 @@ class DumpParser:
             offset += (length + 3) & ~3 or size
         return False
 
-    def _route(self, data: bytes, offset: int, end: int, routes: dict[Network, Address]) -> None:
+    def _route(self, data: bytes, offset: int, end: int, routes: dict[RouteKey, Address]) -> None:
         family, dst_len, _, _, table, _, _, _, _ = RTMSG.unpack_from(data, offset + 16)
         cursor, dst, gateway = offset + 28, b"", b""
         while cursor + 4 <= end:
@@ -275,10 +271,7 @@ class DumpParser:
         next_hop = self._next_hops.get(gateway)
         if next_hop is None:
             next_hop = self._next_hops[gateway] = _address(family, gateway)
-        network = self._networks.get((dst_len, dst))
-        if network is None:
-            network = self._networks[dst_len, dst] = _network(family, dst, dst_len)
-        routes[network] = next_hop
+        routes[_key(family, dst, dst_len)] = next_hop
 
 
 def _address(family: int, raw: bytes) -> Address:
@@ -290,11 +283,12 @@ def _address(family: int, raw: bytes) -> Address:
     return UNSPECIFIED[family]  # type: ignore[index,return-value]  # AF_* are ints
 
 
-def _network(family: int, dst: bytes, dst_len: int) -> Network:
+def _key(family: int, dst: bytes, dst_len: int) -> RouteKey:
+    """A host route's address (made straight from its packed bytes), else the prefix."""
     if family == socket.AF_INET:
         if dst_len == 32:
-            return ipaddress.IPv4Network(dst)  # fast path: bytes make a /32 directly
+            return ipaddress.IPv4Address(dst)
         return ipaddress.IPv4Network((int.from_bytes(dst.ljust(4, b"\0"), "big"), dst_len))
     if dst_len == 128:
-        return ipaddress.IPv6Network(dst)
+        return ipaddress.IPv6Address(dst)
     return ipaddress.IPv6Network((int.from_bytes(dst.ljust(16, b"\0"), "big"), dst_len))

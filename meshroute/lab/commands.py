@@ -146,14 +146,17 @@ def move(prefix: str, client: str, server: str, no_wait: bool) -> None:
 
 @lab.command()
 @_prefix
-@click.argument("action", type=click.Choice(["stop", "kill", "restart", "start"]))
+@click.argument("action", type=click.Choice(["stop", "kill", "restart", "start", "leave"]))
 @click.argument("server")
 def agent(prefix: str, action: str, server: str) -> None:
-    """stop (SIGTERM, goodbye), kill (SIGKILL), restart (SIGUSR1 + start), start."""
+    """stop (SIGTERM, no goodbye), kill (SIGKILL), restart (SIGUSR1 + start), start,
+    leave (`meshroute leave`: goodbye, peers withdraw at once)."""
     from meshroute.lab.lab import LabError
 
     the_lab = _lab(prefix)
     try:
+        if action == "leave":
+            click.echo(f"agent {server} (pid {the_lab.leave_agent(server)}): left")
         if action in AGENT_SIGNALS:
             pid = the_lab.signal_agent(server, AGENT_SIGNALS[action])
             click.echo(f"agent {server} (pid {pid}): {action}")

@@ -218,12 +218,26 @@ class Lab:
         return self._spawn(node.netns, f"{server}.agent", argv, self.paths.log(server, "agent"))
 
     def signal_agent(self, server: str, sig: int) -> int:
-        """Stop agent ``server`` with ``sig`` (TERM: goodbye, USR1: no goodbye, KILL)."""
+        """Stop agent ``server`` with ``sig`` (TERM, USR1: no goodbye; KILL)."""
         self.plan().server(server)
         pid = self.agent_pid(server)
         if pid is None:
             raise LabError(f"agent {server} is not running")
         procs.stop(pid, str(self.paths.agent_conf(server)), sig, grace=10.0)
+        return pid
+
+    def leave_agent(self, server: str, timeout: float = 10.0) -> int:
+        """``meshroute leave`` for agent ``server``: goodbye (peers withdraw at once)."""
+        from meshroute.control import ControlError, request
+
+        pid = self.agent_pid(server)
+        if pid is None:
+            raise LabError(f"agent {server} is not running")
+        try:
+            request(self.paths.control_socket(server), "leave")
+        except ControlError as exc:
+            raise LabError(f"agent {server}: {exc}") from None
+        _wait(lambda: self.agent_pid(server) is None, timeout, f"agent {server} to leave")
         return pid
 
     def broker_stop(self) -> None:
