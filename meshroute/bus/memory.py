@@ -10,21 +10,32 @@ It models what the agent can observe of RabbitMQ (see docs/protocol.md):
 - ``partition(name)`` is that agent losing its broker connection: its handler gets
   ``on_connection(False)``, nothing is delivered to it, and what it publishes waits
   in its outbox; ``heal(name)`` delivers ``on_connection(True)``, then the outbox
-  goes out, then queued messages flow again.
+  goes out, then queued messages flow again. ``partition(name, silent=True)`` is
+  a link that dies without the agent being told: nothing reaches it and what it
+  publishes is lost.
 - Deterministic by default: nothing is delivered until the test calls
   :meth:`MemoryBroker.deliver_all` or :meth:`MemoryBus.drain`; handler calls then
   happen on the calling thread, one at a time. ``threaded=True`` instead gives
   every bus its own delivery thread, like the AMQP bus.
-- A ``fault`` callable sees every delivery and may drop, duplicate or delay it
-  (a delayed message is delivered after everything else in flight: a reorder; in
-  threaded mode, after everything else in its queue).
+- A ``fault`` callable sees every delivery and may drop, duplicate or delay it.
+  It answers an :class:`Action` (``DELAY``: delivered after everything else in
+  flight, a reorder; in threaded mode, after everything else in its queue) or
+  :class:`Arrivals`: one delay in seconds per copy that arrives (none: dropped),
+  measured on the broker's ``clock``; a copy joins its queue once it is due
+  (:meth:`MemoryBroker.release_due`), so copies with different delays reorder.
+  :class:`RandomFaults` is the seeded drop/duplicate/delay model that simulations
+  use (``tests/sim.py``): the one fault model of the bus seam.
 """
 
 from __future__ import annotations
 
 import enum
+import heapq
+import itertools
 import logging
+import random
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,43 +61,97 @@ class Delivery:
     envelope: Envelope
 
 
-Fault = Callable[[Delivery], Action]
+@dataclass(frozen=True)
+class Arrivals:
+    """The copies of one delivery that arrive, each after its own delay (seconds)."""
+
+    delays: tuple[float, ...]
+
+
+Fault = Callable[[Delivery], "Action | Arrivals"]
+
+
+@dataclass
+class RandomFaults:
+    """A seeded fault model: each delivery is dropped with probability ``drop``,
+    else arrives twice with probability ``duplicate``; each copy is delayed by a
+    uniform draw from ``[0, max_delay]`` seconds (independent draws reorder).
+
+    Mutable, so a test or simulation can change the weather between steps; all
+    zero delivers at once, in order.
+    """
+
+    rng: random.Random
+    drop: float = 0.0
+    duplicate: float = 0.0
+    max_delay: float = 0.0
+
+    def __call__(self, delivery: Delivery) -> Action | Arrivals:
+        if not (self.drop or self.duplicate or self.max_delay):
+            return Action.DELIVER
+        if self.rng.random() < self.drop:
+            return Action.DROP
+        copies = 2 if self.rng.random() < self.duplicate else 1
+        return Arrivals(tuple(self.rng.uniform(0, self.max_delay) for _ in range(copies)))
+
+    def calm(self) -> None:
+        """No more faults from now on (what is already delayed stays delayed)."""
+        self.drop = self.duplicate = self.max_delay = 0.0
 
 
 @dataclass
 class _Queue:
     messages: deque[Envelope] = field(default_factory=deque)
     delayed: list[Envelope] = field(default_factory=list)
+    timed: list[tuple[float, int, Envelope]] = field(default_factory=list)  # a heap
 
 
 class MemoryBroker:
     """The hub. Thread-safe; handlers are always called without its lock held."""
 
-    def __init__(self, *, fault: Fault | None = None, threaded: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        fault: Fault | None = None,
+        threaded: bool = False,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         self.fault = fault
         self.threaded = threaded
+        self.clock = clock  # monotonic seconds, for Arrivals delays (default: time.monotonic)
+        self._arrival_order = itertools.count()
         self.published: list[Delivery] = []  # what was sent (recipient "*" = fanout)
         self._lock = threading.RLock()
         self._queues: dict[str, _Queue] = {}
         self._buses: dict[str, MemoryBus] = {}
         self._partitioned: set[str] = set()
+        self._silent: set[str] = set()  # cut without the agent being told
 
     # -- test controls -------------------------------------------------------------
 
-    def partition(self, name: str) -> None:
-        """Cut agent ``name`` off the broker (its connection is lost)."""
+    def partition(self, name: str, *, silent: bool = False) -> None:
+        """Cut agent ``name`` off the broker (its connection is lost).
+
+        ``silent``: the link dies without FIN or RST. The agent is not told
+        (its bus stays "connected"), nothing reaches it, and what it publishes is
+        lost on the dead link.
+        """
         with self._lock:
             self._partitioned.add(name)
+            if silent:
+                self._silent.add(name)
             bus = self._buses.get(name)
-        if bus is not None:
+        if bus is not None and not silent:
             bus._connection_changed(False)
 
     def heal(self, name: str) -> None:
         with self._lock:
             self._partitioned.discard(name)
+            was_silent = name in self._silent
+            self._silent.discard(name)
             bus = self._buses.get(name)
-        if bus is not None:
-            bus._connection_changed(True)
+        if bus is not None and (not was_silent or not bus.connected):
+            bus._connection_changed(True)  # (an agent that started while cut connects now)
 
     def delete_queue(self, name: str) -> None:
         """The agent's queue expires: queued messages are gone, fanout skips it."""
@@ -99,12 +164,16 @@ class MemoryBroker:
         self._route(sender, envelope, to)
 
     def deliver_all(self, max_rounds: int = 10_000) -> int:
-        """Deliver until nothing is in flight (delayed messages last); returns the count."""
+        """Deliver until nothing is in flight (delayed messages last); returns the count.
+
+        Timed copies (:class:`Arrivals`) come last of all, in order of their due
+        times, without waiting for the clock: this flushes everything.
+        """
         total = 0
         for _ in range(max_rounds):
             delivered = sum(bus.drain() for bus in self._started())
             total += delivered
-            if not delivered and not self._release_delayed():
+            if not delivered and not self._release_delayed() and not self._release_timed():
                 return total
         raise RuntimeError(f"messages still in flight after {max_rounds} rounds (a loop?)")
 
@@ -112,7 +181,22 @@ class MemoryBroker:
         """How many messages wait in agent ``name``'s queue (delayed ones included)."""
         with self._lock:
             q = self._queues.get(name)
-            return 0 if q is None else len(q.messages) + len(q.delayed)
+            return 0 if q is None else len(q.messages) + len(q.delayed) + len(q.timed)
+
+    def release_due(self) -> int:
+        """Move every timed copy that is due by the broker's clock into its queue.
+
+        Copies join their queue in order of their due times (ties: in order sent).
+        Returns how many were released.
+        """
+        before = self.in_flight()
+        self._release_timed(until=self._now())
+        return before - self.in_flight()
+
+    def in_flight(self) -> int:
+        """How many copies are delayed (timed or not) in all queues."""
+        with self._lock:
+            return sum(len(q.delayed) + len(q.timed) for q in self._queues.values())
 
     # -- used by MemoryBus -----------------------------------------------------------
 
@@ -136,6 +220,8 @@ class MemoryBroker:
     def _route(self, sender: str, envelope: Envelope, to: str | None) -> None:
         with self._lock:
             self.published.append(Delivery(sender, to or "*", envelope))
+            if sender in self._silent:
+                return  # lost on a dead link the sender does not know about
             recipients = [to] if to is not None else list(self._queues)
             woken = []
             for name in recipients:
@@ -147,15 +233,30 @@ class MemoryBroker:
             if bus is not None:
                 bus._wake()
 
+    def _now(self) -> float:
+        return self.clock() if self.clock is not None else time.monotonic()
+
     def _enqueue(self, queue: _Queue, delivery: Delivery) -> None:
         action = self.fault(delivery) if self.fault else Action.DELIVER
-        if action is Action.DROP:
+        if isinstance(action, Arrivals):
+            self._enqueue_timed(queue, delivery, action)
+        elif action is Action.DROP:
             log.debug("fault: dropped %s -> %s", delivery.sender, delivery.recipient)
         elif action is Action.DELAY:
             queue.delayed.append(delivery.envelope)
         else:
             copies = 2 if action is Action.DUPLICATE else 1
             queue.messages.extend([delivery.envelope] * copies)
+
+    def _enqueue_timed(self, queue: _Queue, delivery: Delivery, arrivals: Arrivals) -> None:
+        if not arrivals.delays:
+            log.debug("fault: dropped %s -> %s", delivery.sender, delivery.recipient)
+        now = self._now()
+        for delay in arrivals.delays:
+            entry = (now + delay, next(self._arrival_order), delivery.envelope)
+            heapq.heappush(queue.timed, entry)
+        while queue.timed and queue.timed[0][0] <= now:  # due now: straight in
+            queue.messages.append(heapq.heappop(queue.timed)[2])
 
     def _take(self, name: str) -> Envelope | None:
         with self._lock:
@@ -177,6 +278,24 @@ class MemoryBroker:
                 q.messages.extend(q.delayed)
                 q.delayed.clear()
         return bool(released)
+
+    def _release_timed(self, name: str | None = None, until: float | None = None) -> bool:
+        """Release timed copies due by ``until`` (None: all of them) into their queues."""
+        with self._lock:
+            queues = self._queues.values() if name is None else [self._queues.get(name)]
+            released = False
+            for queue in queues:
+                while queue is not None and queue.timed:
+                    if until is not None and queue.timed[0][0] > until:
+                        break
+                    queue.messages.append(heapq.heappop(queue.timed)[2])
+                    released = True
+        return released
+
+    def _next_due(self, name: str) -> float | None:
+        with self._lock:
+            queue = self._queues.get(name)
+            return queue.timed[0][0] if queue is not None and queue.timed else None
 
     def _started(self) -> list[MemoryBus]:
         with self._lock:
@@ -299,7 +418,14 @@ class MemoryBus:
         while self._running:
             with self._wakeup:
                 while not self._kicked and self._running:
-                    self._wakeup.wait()
+                    due = self.broker._next_due(self.name)
+                    timeout = None if due is None else max(0.0, due - self.broker._now())
+                    if not self._wakeup.wait(timeout) and due is not None:
+                        break  # a timed copy is due
                 self._kicked = False
-            while self.drain() or self.broker._release_delayed(self.name):
+            while (
+                self.drain()
+                or self.broker._release_delayed(self.name)
+                or self.broker._release_timed(self.name, until=self.broker._now())
+            ):
                 pass

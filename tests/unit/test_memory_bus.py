@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 
 import pytest
 
 from meshroute.bus.base import Envelope
-from meshroute.bus.memory import Action, Delivery, MemoryBroker, MemoryBus
+from meshroute.bus.memory import (
+    Action,
+    Arrivals,
+    Delivery,
+    MemoryBroker,
+    MemoryBus,
+    RandomFaults,
+)
 
 
 class Recorder:
@@ -209,3 +217,106 @@ def test_threaded_mode_delivers_on_the_bus_thread():
     for bus, _ in agents.values():
         bus.stop(1)
         assert bus._thread is not None and not bus._thread.is_alive()
+
+
+class _Now:
+    """A settable clock for the broker's timed delays."""
+
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_timed_delays_arrive_when_due_and_reorder():
+    delays = {b"1": (0.5,), b"2": (0.0,), b"3": (0.2, 0.7), b"4": ()}
+    now = _Now()
+    broker = MemoryBroker(clock=now, fault=lambda d: Arrivals(delays[d.envelope.body]))
+    agents = _agents(broker, "a", "b")
+    for body in (b"1", b"2", b"3", b"4"):
+        _send(agents["a"][0], body)
+    bus_b, rec_b = agents["b"]
+    bus_b.drain()
+    assert rec_b.bodies == [b"2"]  # due at once; "4" has no copy: dropped
+    assert broker.queued("b") == 3 and broker.in_flight() == 6  # a's own copies too
+    now.t += 0.3
+    assert broker.release_due() == 2  # "3" for a and for b
+    bus_b.drain()
+    assert rec_b.bodies == [b"2", b"3"]
+    now.t += 0.3
+    broker.release_due()
+    bus_b.drain()
+    assert rec_b.bodies == [b"2", b"3", b"1"]
+    broker.deliver_all()  # flushes the rest without waiting for the clock
+    assert rec_b.bodies == [b"2", b"3", b"1", b"3"]
+    assert broker.in_flight() == 0
+
+
+def test_timed_copies_wait_for_a_partitioned_agent():
+    now = _Now()
+    broker = MemoryBroker(clock=now, fault=lambda d: Arrivals((1.0,)))
+    agents = _agents(broker, "a", "b")
+    broker.partition("b")
+    _send(agents["a"][0], b"x")
+    now.t += 2
+    broker.release_due()
+    agents["b"][0].drain()
+    assert agents["b"][1].bodies == [] and broker.queued("b") == 1
+    broker.heal("b")
+    agents["b"][0].drain()
+    assert agents["b"][1].bodies == [b"x"]
+
+
+def test_random_faults_are_seeded_and_calm_delivers_in_order():
+    def run(seed: int) -> list[bytes]:
+        now = _Now()
+        faults = RandomFaults(random.Random(seed), drop=0.3, duplicate=0.3, max_delay=1.0)
+        broker = MemoryBroker(clock=now, fault=faults)
+        agents = _agents(broker, "a", "b")
+        for i in range(50):
+            _send(agents["a"][0], b"%d" % i)
+            now.t += 0.1
+            broker.release_due()
+            agents["b"][0].drain()
+        faults.calm()
+        _send(agents["a"][0], b"last")
+        broker.deliver_all()
+        return agents["b"][1].bodies
+
+    first = run(7)
+    assert first == run(7)
+    assert first.count(b"last") == 1  # calm: at once (still-delayed copies may follow)
+    received = [int(b) for b in first if b != b"last"]
+    assert len(set(received)) < 50  # some dropped
+    assert len(received) > len(set(received))  # some duplicated
+    assert received != sorted(received)  # some reordered
+    assert RandomFaults(random.Random(1))(None) is Action.DELIVER  # type: ignore[arg-type]
+
+
+def test_threaded_mode_delivers_timed_copies_when_due():
+    broker = MemoryBroker(threaded=True, fault=lambda d: Arrivals((0.05,)))
+    agents = _agents(broker, "a", "b")
+    started = time.monotonic()
+    _send(agents["a"][0], b"x")
+    assert agents["b"][1].got.wait(2)
+    assert time.monotonic() - started >= 0.05
+    for bus, _ in agents.values():
+        bus.stop(1)
+
+
+def test_silent_partition_tells_the_agent_nothing_and_loses_what_it_sends():
+    broker = MemoryBroker()
+    agents = _agents(broker, "a", "b")
+    broker.deliver_all()
+    (bus_a, rec_a), (_, rec_b) = agents["a"], agents["b"]
+    broker.partition("a", silent=True)
+    _send(bus_a, b"into-the-void")
+    _send(agents["b"][0], b"for-a-later")
+    broker.deliver_all()
+    assert bus_a.connected and rec_a.connection == [True]
+    assert rec_a.bodies == [] and rec_b.bodies == [b"for-a-later"]
+    broker.heal("a")
+    broker.deliver_all()
+    assert rec_a.connection == [True]
+    assert rec_a.bodies == [b"for-a-later"] and rec_b.bodies == [b"for-a-later"]

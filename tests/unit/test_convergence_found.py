@@ -1,0 +1,55 @@
+"""Examples the convergence property test found, kept as plain tests.
+
+Each is the shrunk example hypothesis printed, replayed on the state machine
+(``tests/unit/test_convergence.py``), so it checks the same invariants after every
+simulated tick.
+"""
+
+from __future__ import annotations
+
+from tests.unit.test_convergence import Convergence
+
+
+def _machine(n: int, seed: int = 0, max_delay: float = 0.0) -> Convergence:
+    machine = Convergence()
+    machine.setup(n=n, offsets=[0] * 5, drifts=[0] * 5, seed=seed, max_delay=max_delay)
+    return machine
+
+
+def test_no_route_to_own_client_while_a_restarted_peer_resyncs():
+    """s1 restarts; the client connects on s2 while s1 has not sent its first
+    snapshot: s2 must not keep its route toward s1 for its own client (the
+    route is "kept" for an unsynced peer, but the address is s2's now)."""
+    machine = _machine(2)
+    machine.move(client=0, first=0, gap=0.05, second=0)
+    machine.restart(downtime=1.0, servers={0})
+    machine.move(client=0, first=1, gap=0.05, second=0)
+    machine.teardown()
+
+
+def test_a_frozen_agent_keeps_routes_toward_a_peer_it_never_heard():
+    """s2 restarts while s1 is cut off, so s2 never hears s1 (its route toward s1,
+    adopted from the kernel, is kept for a hold time); then s2 loses the broker
+    too. Frozen, s2 cannot tell who is dead: the route must stay, also once that
+    hold time has passed. (Shrunk by hand from the example the long run found.)"""
+    machine = _machine(2)
+    machine.connect(client=0, server=0)
+    machine.wait(seconds=3.0)
+    assert machine.w.routes("s2")
+    machine.partition(server=0)
+    machine.restart(downtime=0.1, servers={1})
+    machine.wait(seconds=3.0)
+    machine.partition(server=1)
+    machine.wait(seconds=8.0)
+    machine.teardown()
+
+
+def test_a_quiet_restart_changes_no_route_on_the_restarted_agent_either():
+    """The client moved s1 -> s2 (s1 keeps a stale session). s2 restarts without
+    goodbye: during its sync window it hears s1's stale claim before its own
+    first poll, and must not route its own client to s1 meanwhile."""
+    machine = _machine(3)
+    machine.move(client=0, first=0, gap=1.5, second=1)
+    machine.quiesce()
+    machine.restart_quietly(downtime=0.1, servers={1})
+    machine.teardown()
