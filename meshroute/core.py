@@ -232,24 +232,29 @@ class AgentCore:
             return f"our own messages have not come back through the broker for {now - since:.1f}s"
         return None
 
-    def keeps_route(self, now: float) -> Callable[[Address], bool]:
-        """Which next hops' routes must not be deleted now, even if nobody wants them.
+    def keeps_route(self, now: float) -> Callable[[Address, Address], bool]:
+        """Which routes (address, next hop) must not be deleted now, though unwanted.
 
-        Those toward a peer whose current state we have not received (it restarted
-        and has sent no snapshot yet), and, until we have heard the bus for a whole
-        hold time without a break, those toward a next hop no peer has announced (a
-        peer that restarted with us and has not spoken yet).
+        During the start-up sync window, every one. After it, those toward a peer
+        whose current state we have not received (it restarted and has sent no
+        snapshot yet), and, until we have heard the bus for a whole hold time without
+        a break, those toward a next hop no peer has announced (a peer that
+        restarted with us and has not spoken yet). Never one for an address that is
+        our own client now (a local fact).
         """
+        ours = self.table.local.records  # our own client: a local fact, never kept away
+        if not self.synced:  # the sync window: adopted routes stay until explained
+            return lambda address, hop: address not in ours
         peers = self.table.peers.values()
         unsynced = {h for p in peers if not p.synced for h in (p.next_hop, p.next_hop6) if h}
         if self._unknown_released:
-            return lambda hop: hop in unsynced
+            return lambda address, hop: hop in unsynced and address not in ours
         # Until we have heard the bus for a whole hold time without a break (frozen
         # or isolated, we cannot tell a dead peer from our own deafness): "unknown"
         # is a hop no peer has announced since we started (a peer that said goodbye
         # or expired meanwhile was known: its routes go).
         known = self.table.hops_seen
-        return lambda hop: hop in unsynced or hop not in known
+        return lambda address, hop: address not in ours and (hop in unsynced or hop not in known)
 
     def _note_hearing(self, now: float) -> None:
         if self.isolated(now) is not None:
