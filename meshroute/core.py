@@ -239,10 +239,10 @@ class AgentCore:
         whose current state we have not received (it restarted and has sent no
         snapshot yet), and, until we have heard the bus for a whole hold time without
         a break, those toward a next hop no peer has announced (a peer that
-        restarted with us and has not spoken yet). Never one for an address that is
-        our own client now (a local fact).
+        restarted with us and has not spoken yet). Never one for an address whose
+        client connected here since we started (a local fact: the route is wrong).
         """
-        ours = self.table.local.records  # our own client: a local fact, never kept away
+        ours = self.local.fresh  # a session of ours newer than our start: a local fact
         if not self.synced:  # the sync window: adopted routes stay until explained
             return lambda address, hop: address not in ours
         peers = self.table.peers.values()

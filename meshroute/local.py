@@ -103,6 +103,11 @@ class LocalClaims:
         self._polled = False
         # address -> our wall clock (ms) when a peer's claim first beat our session
         self._contested_at: dict[Address, int] = {}
+        # Sessions known to have started since this agent started (a hook said so, or
+        # a poll found one newer than the start): live local facts, which may delete
+        # a route toward a peer at once. Sessions found again after a restart, or
+        # held provisionally from echoes, may be stale: they wait like anything else.
+        self.fresh: set[Address] = set()
         self._reasserted_at: dict[Address, float] = {}
 
     def provisional(self, echo: Iterable[ClaimRecord]) -> None:
@@ -181,6 +186,7 @@ class LocalClaims:
         record = ClaimRecord(address, common_name, since, clock.stamp_above(floor))
         self._entries[address] = _Entry(observed_at=now, since_estimated=connected_since is None)
         self._removed_at.pop(address, None)
+        self.fresh.add(address)
         return self._set(record)
 
     def disconnected(
@@ -217,6 +223,7 @@ class LocalClaims:
     def _forget(self, address: Address) -> None:
         self._entries.pop(address, None)
         self._contested_at.pop(address, None)
+        self.fresh.discard(address)
 
     def poll(self, sessions: Iterable[Session], *, fetched_at: float) -> list[Change]:
         """Reconcile with a full status list fetched at monotonic time ``fetched_at``."""
@@ -260,6 +267,7 @@ class LocalClaims:
             stamp = echo.stamp  # our own session from before a restart
         elif self._polled or session.connected_since >= self.started_s:
             stamp = max(stamp, self._older_than(address, session.connected_since) + 1)
+            self.fresh.add(address)
         stamp = self.table.clock.cap(stamp)
         record = ClaimRecord(address, session.common_name, session.connected_since, stamp)
         self._entries[address] = _Entry(observed_at=fetched_at, since_estimated=False)
