@@ -56,6 +56,8 @@ class AgentProc:
     fake: FakeManagement | None = None
     sessions: dict[str, FakeSession] = field(default_factory=dict)
     proc: subprocess.Popen | None = None
+    run_in_netns: bool = False
+    """Run the process itself inside ``netns`` (its broker traffic crosses it)."""
 
     @property
     def control(self) -> Path:
@@ -114,9 +116,12 @@ class AgentProc:
 
     def start(self) -> None:
         config = self.write_config()
+        argv = [sys.executable, "-m", "meshroute", "agent", str(config)]
+        if self.run_in_netns:
+            argv = ["ip", "netns", "exec", self.netns, *argv]
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "meshroute", "agent", str(config)],
+                argv,
                 stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
             )  # fmt: skip
 

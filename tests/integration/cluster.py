@@ -1,0 +1,220 @@
+"""A 3-node RabbitMQ cluster in network namespaces, for the cluster and fault tests.
+
+Layout (every name carries ``mrtc<pid>``, so parallel sessions never collide):
+
+- ``<tag>-hub``: a bridge ``br0``; every other namespace has one veth end on it.
+- ``<tag>-n1..n3``: one RabbitMQ node each, ``bK@10.77.0.1K`` (own data dir, the
+  session's cookie, ``pause_minority``, a short ``net_ticktime``), clustered.
+- agents' namespaces (see :class:`ClusterMesh`): ``eth0`` on the hub (10.77.0.10x)
+  and the usual backbone veth of :mod:`tests.integration.mesh`.
+
+Faults are made with ``tc`` filters inside the namespaces (no FIN, no RST; the root
+namespace is never touched): :func:`cut` drops every IPv4 packet in and out of one
+namespace's ``eth0``, :func:`partition` only those between one node and the others.
+Everything is stopped by pid and the namespaces deleted at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import secrets
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from meshroute.lab.rabbitmq import ClusterSpec, RabbitNode, join_cluster
+from tests.integration.mesh import AgentProc, Mesh, ip
+
+HUB_NET = "10.77.0"
+NODES = 3
+NET_TICKTIME = 4  # a partitioned node notices within 3-5 s (pause_minority then acts)
+
+
+def node_address(k: int) -> str:
+    return f"{HUB_NET}.{10 + k}"
+
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@contextlib.contextmanager
+def in_netns(netns: str):
+    """Run the block (and the threads it starts) in ``netns``: only this thread moves.
+
+    setns(2) changes the calling thread's namespace; threads started meanwhile
+    inherit it (an AmqpBus's I/O thread, so its sockets live there).
+    """
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+    try:
+        if _libc.setns(target, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns to {netns}")
+        try:
+            yield
+        finally:
+            if _libc.setns(home, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns back home")
+    finally:
+        os.close(target)
+        os.close(home)
+
+
+def tc(netns: str, *args: str) -> None:
+    subprocess.run(["tc", "-n", netns, *args], check=True, capture_output=True, text=True)
+
+
+def _ingress_and_egress(netns: str) -> None:
+    tc(netns, "qdisc", "replace", "dev", "eth0", "root", "handle", "1:", "prio")
+    tc(netns, "qdisc", "replace", "dev", "eth0", "ingress")
+
+
+def cut(netns: str) -> None:
+    """Drop every IPv4 packet to and from ``netns`` on its hub link (silently)."""
+    _ingress_and_egress(netns)
+    for parent in ("1:", "ffff:"):
+        tc(netns, "filter", "add", "dev", "eth0", "parent", parent, "protocol", "ip",
+           "u32", "match", "u32", "0", "0", "action", "drop")  # fmt: skip
+
+
+def partition(netns: str, others: list[str]) -> None:
+    """Drop the packets between ``netns`` and the addresses ``others`` (both ways)."""
+    _ingress_and_egress(netns)
+    for addr in others:
+        tc(netns, "filter", "add", "dev", "eth0", "parent", "1:", "protocol", "ip",
+           "u32", "match", "ip", "dst", f"{addr}/32", "action", "drop")  # fmt: skip
+        tc(netns, "filter", "add", "dev", "eth0", "parent", "ffff:", "protocol", "ip",
+           "u32", "match", "ip", "src", f"{addr}/32", "action", "drop")  # fmt: skip
+
+
+def heal(netns: str) -> None:
+    """Remove the fault filters of ``netns`` (missing ones are fine)."""
+    for args in (("root",), ("ingress",)):
+        subprocess.run(["tc", "-n", netns, "qdisc", "del", "dev", "eth0", *args],
+                       check=False, capture_output=True)  # fmt: skip
+
+
+class Cluster:
+    """Three clustered nodes on the hub; see the module docstring."""
+
+    def __init__(self, base: Path) -> None:
+        self.tag = f"mrtc{os.getpid()}"
+        self.hub = f"{self.tag}-hub"
+        self.base = base
+        self.spec = ClusterSpec(secrets.token_hex(20), net_ticktime=NET_TICKTIME)
+        self.nodes: list[RabbitNode] = []
+        self._attached = 0
+
+    def netns(self, k: int) -> str:
+        return f"{self.tag}-n{k}"
+
+    def start(self) -> None:
+        self._delete_namespaces()
+        ip("netns", "add", self.hub)
+        ip("-n", self.hub, "link", "add", "br0", "type", "bridge")
+        ip("-n", self.hub, "link", "set", "br0", "up")
+        for k in range(1, NODES + 1):
+            ns = self.netns(k)
+            ip("netns", "add", ns)
+            self.attach(ns, node_address(k))
+            node = RabbitNode(
+                self.base / f"b{k}", node_name=f"b{k}", port=5672, netns=ns,
+                bind=node_address(k), cluster=self.spec, management_port=15672,
+            )  # fmt: skip
+            self.nodes.append(node)
+        boot = [_in_thread(node.start, 90) for node in self.nodes]
+        for thread in boot:
+            thread.join()
+        if not all(node.is_running() for node in self.nodes):
+            raise RuntimeError(f"a cluster node did not start; see {self.base}")
+        join_cluster(self.nodes)
+
+    def attach(self, netns: str, address: str) -> None:
+        """Give ``netns`` an ``eth0`` with ``address`` on the hub (loopback up too)."""
+        self._attached += 1
+        outer = f"h{self._attached}"
+        ip("-n", netns, "link", "set", "lo", "up")
+        ip("-n", self.hub, "link", "add", outer, "type", "veth", "peer", "name", "eth0",
+           "netns", netns)  # fmt: skip
+        ip("-n", self.hub, "link", "set", outer, "master", "br0")
+        ip("-n", self.hub, "link", "set", outer, "up")
+        ip("-n", netns, "addr", "add", f"{address}/24", "dev", "eth0")
+        ip("-n", netns, "link", "set", "eth0", "up")
+
+    def urls(self, user: str, password: str, first: int = 1) -> list[str]:
+        """Every node's URL, starting with node ``first`` (agents spread their load)."""
+        order = [*range(first, NODES + 1), *range(1, first)]
+        return [self.nodes[k - 1].url_for(user, password) for k in order]
+
+    def any_running(self) -> RabbitNode:
+        return next(n for n in self.nodes if n.is_running())
+
+    def add_agent(self, name: str, first: int) -> list[str]:
+        self.any_running().add_agent(name, f"pw-{name}")
+        return self.urls(name, f"pw-{name}", first)
+
+    def restart(self, k: int) -> None:
+        """Start node ``k`` again after a stop or kill, and wait until it rejoined."""
+        node = self.nodes[k - 1]
+        if node.is_running():
+            node.start_app()
+        else:
+            node.start(90)
+        wait_for(lambda: len(node.running_nodes()) == NODES, 60, f"b{k} to rejoin")
+
+    def stop(self) -> None:
+        threads = [_in_thread(node.stop, 30) for node in self.nodes]
+        for thread in threads:
+            thread.join()
+        self._delete_namespaces()
+
+    def _delete_namespaces(self) -> None:
+        for line in ip("netns", "list").splitlines():
+            name = line.split()[0] if line.strip() else ""
+            if name.startswith(f"{self.tag}-"):
+                with contextlib.suppress(subprocess.CalledProcessError):
+                    ip("netns", "del", name)
+
+
+class ClusterMesh(Mesh):
+    """Agents (real processes) that run inside their own namespace, on the cluster."""
+
+    def __init__(self, cluster: Cluster, tmp: Path, exchange: str, settings) -> None:
+        super().__init__(None, tmp, exchange, settings)
+        self.cluster = cluster
+        self._tag = f"{cluster.tag}a"
+
+    def add(self, name: str) -> AgentProc:
+        index = len(self.agents) + 1
+        netns = f"{self._tag}-{name}"
+        self._make_netns(netns, index)
+        self.cluster.attach(netns, f"{HUB_NET}.{100 + index}")
+        urls = self.cluster.add_agent(name, first=(index - 1) % NODES + 1)
+        agent = AgentProc(name, index, netns, self.tmp, ", ".join(urls), self.exchange,
+                          self.settings, run_in_netns=True)  # fmt: skip
+        self.agents[name] = agent
+        agent.serve_openvpn()
+        agent.start()
+        return agent
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if condition():
+                return
+        except (subprocess.CalledProcessError, ValueError):
+            pass  # the node is still booting
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.2)
+
+
+def _in_thread(func, *args) -> threading.Thread:
+    thread = threading.Thread(target=func, args=args, daemon=True)
+    thread.start()
+    return thread
