@@ -141,12 +141,16 @@ class RabbitNode:
         management_port: int | None = None,
         tls: NodeTls | None = None,
         cluster: ClusterSpec | None = None,
+        node_host: str | None = None,
     ) -> None:
         if cluster is not None and netns is None:
             raise ValueError("a cluster node needs a network namespace of its own")
         self.base_dir = Path(base_dir).resolve()
         self.cluster = cluster
-        self.node = f"{node_name}@{bind if cluster else 'localhost'}"
+        # A cluster node is named after the address its peers reach it at (the
+        # cluster network when that is separate from the clients' one).
+        self.node_host = node_host or bind
+        self.node = f"{node_name}@{self.node_host if cluster else 'localhost'}"
         self.port = port
         # In a namespace of its own the defaults cannot clash with anybody.
         self.dist_port = dist_port or (25672 if netns else free_port())
@@ -165,7 +169,7 @@ class RabbitNode:
             raise RuntimeError(f"{self.node} is already running (pid file in {self.base_dir})")
         self._write_files()
         started = time.monotonic()
-        listen = "127.0.0.1" if self.cluster is None else f"127.0.0.1,{self.bind}"
+        listen = "127.0.0.1" if self.cluster is None else f"127.0.0.1,{self.node_host}"
         self._spawn("epmd", ["epmd", "-port", str(self.epmd_port), "-address", listen])
         self._spawn("launcher", [str(RABBIT_BIN / "rabbitmq-server")])
         try:

@@ -8,9 +8,11 @@ Layout (every name carries ``mrtc<pid>``, so parallel sessions never collide):
 - agents' namespaces (see :class:`ClusterMesh`): ``eth0`` on the hub (10.77.0.10x)
   and the usual backbone veth of :mod:`tests.integration.mesh`.
 
-Faults are made with ``tc`` filters inside the namespaces (no FIN, no RST; the root
-namespace is never touched): :func:`cut` drops every IPv4 packet in and out of one
-namespace's ``eth0``, :func:`partition` only those between one node and the others.
+Faults are made inside the namespaces (no FIN, no RST; the root namespace is never
+touched) by setting the hub's end of a veth down: :meth:`Cluster.cut` silences one
+namespace's ``eth0``; :meth:`Cluster.partition` cuts one node's ``eth1`` on the
+cluster network ``br1`` (10.78.0.1K, the host of its Erlang node name), so its
+clients still reach it and ``pause_minority`` is what sends them elsewhere.
 Everything is stopped by pid and the namespaces deleted at the end.
 """
 
@@ -29,12 +31,18 @@ from meshroute.lab.rabbitmq import ClusterSpec, RabbitNode, join_cluster
 from tests.integration.mesh import AgentProc, Mesh, ip
 
 HUB_NET = "10.77.0"
+CLUSTER_NET = "10.78.0"
 NODES = 3
 NET_TICKTIME = 4  # a partitioned node notices within 3-5 s (pause_minority then acts)
 
 
 def node_address(k: int) -> str:
     return f"{HUB_NET}.{10 + k}"
+
+
+def cluster_address(k: int) -> str:
+    """Node ``k``'s address on the cluster network (its Erlang node name's host)."""
+    return f"{CLUSTER_NET}.{10 + k}"
 
 
 CLONE_NEWNET = 0x40000000
@@ -63,40 +71,6 @@ def in_netns(netns: str):
         os.close(home)
 
 
-def tc(netns: str, *args: str) -> None:
-    subprocess.run(["tc", "-n", netns, *args], check=True, capture_output=True, text=True)
-
-
-def _ingress_and_egress(netns: str) -> None:
-    tc(netns, "qdisc", "replace", "dev", "eth0", "root", "handle", "1:", "prio")
-    tc(netns, "qdisc", "replace", "dev", "eth0", "ingress")
-
-
-def cut(netns: str) -> None:
-    """Drop every IPv4 packet to and from ``netns`` on its hub link (silently)."""
-    _ingress_and_egress(netns)
-    for parent in ("1:", "ffff:"):
-        tc(netns, "filter", "add", "dev", "eth0", "parent", parent, "protocol", "ip",
-           "u32", "match", "u32", "0", "0", "action", "drop")  # fmt: skip
-
-
-def partition(netns: str, others: list[str]) -> None:
-    """Drop the packets between ``netns`` and the addresses ``others`` (both ways)."""
-    _ingress_and_egress(netns)
-    for addr in others:
-        tc(netns, "filter", "add", "dev", "eth0", "parent", "1:", "protocol", "ip",
-           "u32", "match", "ip", "dst", f"{addr}/32", "action", "drop")  # fmt: skip
-        tc(netns, "filter", "add", "dev", "eth0", "parent", "ffff:", "protocol", "ip",
-           "u32", "match", "ip", "src", f"{addr}/32", "action", "drop")  # fmt: skip
-
-
-def heal(netns: str) -> None:
-    """Remove the fault filters of ``netns`` (missing ones are fine)."""
-    for args in (("root",), ("ingress",)):
-        subprocess.run(["tc", "-n", netns, "qdisc", "del", "dev", "eth0", *args],
-                       check=False, capture_output=True)  # fmt: skip
-
-
 class Cluster:
     """Three clustered nodes on the hub; see the module docstring."""
 
@@ -107,6 +81,7 @@ class Cluster:
         self.spec = ClusterSpec(secrets.token_hex(20), net_ticktime=NET_TICKTIME)
         self.nodes: list[RabbitNode] = []
         self._attached = 0
+        self._links: dict[tuple[str, str], str] = {}  # (netns, bridge) -> outer veth
 
     def netns(self, k: int) -> str:
         return f"{self.tag}-n{k}"
@@ -114,15 +89,18 @@ class Cluster:
     def start(self) -> None:
         self._delete_namespaces()
         ip("netns", "add", self.hub)
-        ip("-n", self.hub, "link", "add", "br0", "type", "bridge")
-        ip("-n", self.hub, "link", "set", "br0", "up")
+        for bridge in ("br0", "br1"):
+            ip("-n", self.hub, "link", "add", bridge, "type", "bridge")
+            ip("-n", self.hub, "link", "set", bridge, "up")
         for k in range(1, NODES + 1):
             ns = self.netns(k)
             ip("netns", "add", ns)
             self.attach(ns, node_address(k))
+            self.attach(ns, cluster_address(k), bridge="br1", inner="eth1")
             node = RabbitNode(
                 self.base / f"b{k}", node_name=f"b{k}", port=5672, netns=ns,
                 bind=node_address(k), cluster=self.spec, management_port=15672,
+                node_host=cluster_address(k),
             )  # fmt: skip
             self.nodes.append(node)
         boot = [_in_thread(node.start, 90) for node in self.nodes]
@@ -132,17 +110,37 @@ class Cluster:
             raise RuntimeError(f"a cluster node did not start; see {self.base}")
         join_cluster(self.nodes)
 
-    def attach(self, netns: str, address: str) -> None:
-        """Give ``netns`` an ``eth0`` with ``address`` on the hub (loopback up too)."""
+    def attach(self, netns: str, address: str, bridge: str = "br0", inner: str = "eth0") -> None:
+        """Give ``netns`` an ``inner`` link with ``address`` on ``bridge`` of the hub:
+        br0 is where clients reach the nodes, br1 where the nodes reach each other."""
         self._attached += 1
         outer = f"h{self._attached}"
+        self._links[(netns, bridge)] = outer
         ip("-n", netns, "link", "set", "lo", "up")
-        ip("-n", self.hub, "link", "add", outer, "type", "veth", "peer", "name", "eth0",
+        ip("-n", self.hub, "link", "add", outer, "type", "veth", "peer", "name", inner,
            "netns", netns)  # fmt: skip
-        ip("-n", self.hub, "link", "set", outer, "master", "br0")
+        ip("-n", self.hub, "link", "set", outer, "master", bridge)
         ip("-n", self.hub, "link", "set", outer, "up")
-        ip("-n", netns, "addr", "add", f"{address}/24", "dev", "eth0")
-        ip("-n", netns, "link", "set", "eth0", "up")
+        ip("-n", netns, "addr", "add", f"{address}/24", "dev", inner)
+        ip("-n", netns, "link", "set", inner, "up")
+
+    # --- faults: a link's far end set down drops every packet silently -----------
+    # (no FIN, no RST, no ICMP: the near end keeps its carrier-less route and the
+    # frames die in the veth; this kernel has no tc actions, and nft is not needed)
+
+    def cut(self, netns: str) -> None:
+        """Silently drop everything between ``netns`` and the hub (both ways)."""
+        ip("-n", self.hub, "link", "set", self._links[(netns, "br0")], "down")
+
+    def heal(self, netns: str) -> None:
+        ip("-n", self.hub, "link", "set", self._links[(netns, "br0")], "up")
+
+    def partition(self, k: int) -> None:
+        """Cut node ``k`` off the other nodes; its clients still reach it."""
+        ip("-n", self.hub, "link", "set", self._links[(self.netns(k), "br1")], "down")
+
+    def heal_partition(self, k: int) -> None:
+        ip("-n", self.hub, "link", "set", self._links[(self.netns(k), "br1")], "up")
 
     def urls(self, user: str, password: str, first: int = 1) -> list[str]:
         """Every node's URL, starting with node ``first`` (agents spread their load)."""

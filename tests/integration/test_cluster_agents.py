@@ -15,8 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.fakes import poll
-from tests.integration.cluster import NODES, Cluster, ClusterMesh, cut, heal, node_address, wait_for
-from tests.integration.cluster import partition as partition_node
+from tests.integration.cluster import NODES, Cluster, ClusterMesh, wait_for
 from tests.integration.mesh import Mesh, backbone
 from tests.integration.test_faults import Sampler
 
@@ -104,12 +103,12 @@ def act(cluster: Cluster, k: int, action: str) -> None:
     elif action == "kill":
         node.kill()
     else:
-        partition_node(cluster.netns(k), [node_address(j) for j in range(1, NODES + 1) if j != k])
+        cluster.partition(k)
 
 
 def restore(cluster: Cluster, k: int, action: str) -> None:
     if action == "partition":
-        heal(cluster.netns(k))
+        cluster.heal_partition(k)
     else:
         cluster.nodes[k - 1].start(90)
     for node in cluster.nodes:
@@ -125,12 +124,12 @@ def test_losing_each_node_in_turn_removes_no_route(cluster: Cluster, cmesh: Mesh
         for k in range(1, NODES + 1):
             on_k = agents[k - 1]  # started on node k (its first URL)
             mover = agents[k % len(agents)]
-            target = agents[(k + 1) % len(agents)]
+            target = on_k  # the hard case: its client arrives while its node goes
             address = f"10.100.100.{50 + agents.index(mover)}"
             closed, consumed = log_count(on_k, CLOSED), log_count(on_k, CONSUMING)
             acted = time.monotonic()
             act(cluster, k, action)
-            # A client moves during the failover: from `mover` to `target`.
+            # A client moves during the failover: from `mover` to the agent on node k.
             time.sleep(0.5)
             target.connect(address, f"host{agents.index(mover)}")
             allowed.add((target.name, address))
@@ -160,7 +159,7 @@ def test_losing_each_node_in_turn_removes_no_route(cluster: Cluster, cmesh: Mesh
 
 @pytest.mark.parametrize("seconds", [3, 8, 60])
 def test_silent_cut_freezes_the_cut_agent_and_peers_withdraw_after_hold_time(
-    cut_mesh: Mesh, seconds: int
+    cluster: Cluster, cut_mesh: Mesh, seconds: int
 ):
     agents = list(cut_mesh.agents.values())
     a, peers = agents[0], agents[1:]
@@ -169,7 +168,7 @@ def test_silent_cut_freezes_the_cut_agent_and_peers_withdraw_after_hold_time(
     sampler = Sampler(cut_mesh)
     froze_at = withdrawn_at = None
     started = time.monotonic()
-    cut(a.netns)
+    cluster.cut(a.netns)
     try:
         while time.monotonic() - started < seconds:
             elapsed = time.monotonic() - started
@@ -180,7 +179,7 @@ def test_silent_cut_freezes_the_cut_agent_and_peers_withdraw_after_hold_time(
                 withdrawn_at = elapsed
             time.sleep(0.05)
     finally:
-        heal(a.netns)
+        cluster.heal(a.netns)
     healed = time.monotonic()
     poll(lambda: {x.name: x.routes() for x in agents} == before, 60,
          "every kernel back to its routes before the cut")  # fmt: skip

@@ -18,10 +18,7 @@ from tests.integration.cluster import (
     HUB_NET,
     NODES,
     Cluster,
-    heal,
     in_netns,
-    node_address,
-    partition,
     wait_for,
 )
 from tests.integration.conftest import Recorder
@@ -130,14 +127,13 @@ def act(cluster: Cluster, k: int, action: str) -> None:
     elif action == "kill":
         node.kill()
     else:
-        others = [node_address(j) for j in range(1, NODES + 1) if j != k]
-        partition(cluster.netns(k), others)
+        cluster.partition(k)
 
 
 def restore(cluster: Cluster, k: int, action: str) -> None:
     node = cluster.nodes[k - 1]
     if action == "partition":
-        heal(cluster.netns(k))
+        cluster.heal_partition(k)
     else:
         node.start(90)
     for other in cluster.nodes:
