@@ -150,8 +150,9 @@ class Cluster:
     def any_running(self) -> RabbitNode:
         return next(n for n in self.nodes if n.is_running())
 
-    def add_agent(self, name: str, first: int) -> list[str]:
-        self.any_running().add_agent(name, f"pw-{name}")
+    def add_agent(self, name: str, first: int, exchange: str = "meshroute") -> list[str]:
+        """A broker user for agent ``name``; its URLs, starting with node ``first``."""
+        self.any_running().add_agent(name, f"pw-{name}", exchange)
         return self.urls(name, f"pw-{name}", first)
 
     def restart(self, k: int) -> None:
@@ -190,7 +191,7 @@ class ClusterMesh(Mesh):
         netns = f"{self._tag}-{name}"
         self._make_netns(netns, index)
         self.cluster.attach(netns, f"{HUB_NET}.{100 + index}")
-        urls = self.cluster.add_agent(name, first=(index - 1) % NODES + 1)
+        urls = self.cluster.add_agent(name, (index - 1) % NODES + 1, self.exchange)
         agent = AgentProc(name, index, netns, self.tmp, ", ".join(urls), self.exchange,
                           self.settings, run_in_netns=True)  # fmt: skip
         self.agents[name] = agent

@@ -142,7 +142,9 @@ def restore(cluster: Cluster, k: int, action: str) -> None:
 
 @pytest.mark.parametrize("kind", ["exclusive", "quorum"])
 @pytest.mark.parametrize("action", ["stop", "kill", "partition"])
-def test_losing_any_node_reconnects_every_bus_within_5s(cluster, buses, action, kind):
+def test_losing_any_node_reconnects_every_bus_within_5s(cluster, buses, action, kind, request):
+    if (kind, action) == ("quorum", "partition"):  # the measurement behind the design
+        request.applymarker(pytest.mark.xfail(strict=True, reason="quorum queues: ~7 s"))
     trio = [buses.start(first=k, kind=kind) for k in range(1, NODES + 1)]
     hear_each_other(trio)
     figures = []
