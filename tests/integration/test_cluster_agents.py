@@ -153,6 +153,7 @@ def test_losing_each_node_in_turn_removes_no_route(cluster: Cluster, cmesh: Mesh
         print(f"{action} b{k}: its agent lost the broker after {noticed:.2f}s, all agents "
               f"connected {reconnect:.2f}s later, the moved client routed everywhere "
               f"{routed:.2f}s after the fault")  # fmt: skip
+    print("route changes:", *changes, sep="\n  ")
     assert removals(changes, allowed) == []
     assert all(reconnect < 5 for _, _, reconnect, _ in figures), figures
 
@@ -193,6 +194,8 @@ def test_silent_cut_freezes_the_cut_agent_and_peers_withdraw_after_hold_time(
         assert froze_at is not None and froze_at < CUT_HOLD, (
             "a must freeze before any peer expires it"
         )
-        assert withdrawn_at is not None and withdrawn_at >= CUT_HOLD
+        # the hold time counts from a's last heartbeat, up to one interval before the cut
+        early = CUT_HOLD - float(CUT_SETTINGS["announce_interval"]) - 0.1
+        assert withdrawn_at is not None and withdrawn_at >= early, "peers withdrew too early"
     else:
         assert withdrawn_at is None, "a cut shorter than the hold time withdraws nothing"
