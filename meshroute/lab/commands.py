@@ -181,7 +181,7 @@ def broker(prefix: str, action: str, node: str | None) -> None:
     except (LabError, OSError, RuntimeError, KeyError) as exc:
         _fail(exc)
     done = {"stop": "stopped", "start": "started", "kill": "killed"}[action]
-    click.echo(f"broker {node or 'all nodes'} {done}")
+    click.echo(f"broker {node} {done}" if node else f"broker {done}")
 
 
 @lab.command(name="exec", context_settings={"ignore_unknown_options": True})
