@@ -1,8 +1,16 @@
-"""How long OpenVPN waits for ``meshroute hook`` (it runs every hook synchronously).
+"""How long OpenVPN waits for meshroute per event (it runs every hook synchronously).
 
-    .venv/bin/python bench/bench_hook.py [--runs 50]
+    .venv/bin/python bench/bench_hook.py [--runs 50] [--calls 2000]
 
-Rows (median and p90 of --runs process runs each, wall time from spawn to exit):
+Plugin rows (``meshroute-plugin.so``, built here from this checkout with its
+Makefile; ``bench/plugin_harness.c`` loads it as OpenVPN does and times each
+``openvpn_plugin_func_v3`` call, the time OpenVPN's event loop is held, with an
+OpenVPN-like environment of 72 variables): p50/p90/p99/max in microseconds of
+--calls calls per event type, (1) against a HookReceiver (the agent's real
+parser) 200 us apart, (2) with no agent (socket missing: the drop path), and (3)
+back to back against a receiver, counting how many the kernel's queue took.
+
+Script rows (median and p90 of --runs process runs each, wall time from spawn to exit):
 
 - ``python3 -c pass``: the floor of any Python hook (the venv's base interpreter,
   called by its real path: a pyenv-style shim alone costs more than the hook).
@@ -29,11 +37,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from meshroute.openvpn.hook_receiver import HookReceiver
+from meshroute.openvpn.plugin import PLUGIN_FILE, SOURCE_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_PYTHON = REPO / ".venv" / "bin" / "python"
 MESHROUTE = REPO / ".venv" / "bin" / "meshroute"
 HOOK_SCRIPT = REPO / "meshroute" / "openvpn" / "hook.py"
+HARNESS = REPO / "bench" / "plugin_harness.c"
 
 
 def base_python() -> str:
@@ -71,11 +81,64 @@ def row(name: str, samples: list[float]) -> str:
     return f"| {name} | {statistics.median(samples) * 1000:.1f} | {p90 * 1000:.1f} |"
 
 
+def build_plugin_and_harness(tmp: Path) -> tuple[Path, Path]:
+    """This checkout's plugin (its Makefile, O=tmp) and the timing harness."""
+    subprocess.run(["make", "-s", "-C", str(SOURCE_DIR), f"O={tmp}"], check=True)
+    harness = tmp / "plugin_harness"
+    subprocess.run(["cc", "-O2", "-Wall", "-I/usr/include/openvpn", "-o", str(harness),
+                    str(HARNESS), "-ldl"], check=True)  # fmt: skip
+    return tmp / PLUGIN_FILE, harness
+
+
+def run_harness(harness: Path, library: Path, sock: Path, calls: int, pace_us: int) -> list[str]:
+    done = subprocess.run([str(harness), str(library), str(sock), str(calls), str(pace_us)],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    return done.stdout.splitlines()
+
+
+def plugin_rows(tmp: Path, calls: int) -> None:
+    library, harness = build_plugin_and_harness(tmp)
+    sock = tmp / "plugin-hook.sock"
+    print(f"| plugin call ({calls} per event) | p50 us | p90 us | p99 us | max us |")
+    print("|---|---|---|---|---|")
+    events: queue.Queue[object] = queue.Queue()
+    with HookReceiver(sock, events.put) as receiver:
+        for line in run_harness(harness, library, sock, calls, 200):
+            name, _, *figures = line.split()
+            print(f"| {name}, agent listening | {' | '.join(figures)} |")
+        time.sleep(0.5)
+        paced = receiver.stats
+        print(f"(receiver: {paced.delivered} delivered, {paced.bad} bad, of {3 * calls} sent)")
+    for line in run_harness(harness, library, tmp / "missing.sock", calls, 0):
+        name, _, *figures = line.split()
+        print(f"| {name}, no agent (socket missing) | {' | '.join(figures)} |")
+    with HookReceiver(sock, events.put) as receiver:
+        lines = run_harness(harness, library, sock, calls, 0)
+        time.sleep(0.5)
+        for line in lines:
+            name, _, *figures = line.split()
+            print(f"| {name}, back to back | {' | '.join(figures)} |")
+        burst = receiver.stats
+        print(f"(back to back: the receiver got {burst.delivered} of {3 * calls}; the rest "
+              f"found its queue full, net.unix.max_dgram_qlen = {_qlen()})\n")  # fmt: skip
+
+
+def _qlen() -> str:
+    try:
+        return Path("/proc/sys/net/unix/max_dgram_qlen").read_text().strip()
+    except OSError:
+        return "?"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=50)
-    runs = parser.parse_args().runs
+    parser.add_argument("--calls", type=int, default=2000, help="plugin calls per event")
+    args = parser.parse_args()
+    runs = args.runs
     with tempfile.TemporaryDirectory(prefix="mrt-bench-hook-") as tmp:
+        print(f"load before: {Path('/proc/loadavg').read_text().strip()}")
+        plugin_rows(Path(tmp), args.calls)
         sock = Path(tmp) / "hook.sock"
         hook = [str(MESHROUTE), "hook", "--socket", str(sock), "learn-address", "add",
                 "10.8.0.6", "c1"]  # fmt: skip
@@ -94,6 +157,7 @@ def main() -> int:
             print(row("spawn -> receiver callback", spawn_to_event(hook, events, runs)))
             print(row("`python3 -S hook.py`, agent listening", time_runs(direct, runs, drain)))
             print(row("`-S hook.py` spawn -> callback", spawn_to_event(direct, events, runs)))
+        print(f"load after: {Path('/proc/loadavg').read_text().strip()}")
     return 0
 
 

@@ -9,6 +9,12 @@ handled on the agent's own thread, in order:
 - status polls, from the poller thread (one short management connection per poll);
 - CLI queries, from the control socket's threads (answered between events).
 
+Two things do not wait for the loop, so that a busy loop (a huge snapshot) cannot
+make a live mesh look dead: the bus thread records when each sender's message
+arrived (liveness counts from arrival), and a keeper thread re-sends the last
+heartbeat when the loop has not sent one for 1.5 announce intervals (nothing the
+heartbeat describes can have changed meanwhile: only the loop changes it).
+
 After draining what is queued the loop runs timers, publishes what the core asked
 for, and reconciles the kernel once (level-triggered): only addresses whose claims
 changed, or everything on a full resync (at start, every ``resync_interval``, after
@@ -18,6 +24,7 @@ this thread only.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
@@ -25,6 +32,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from meshroute import codec
 from meshroute.bus.base import Bus, Envelope
@@ -35,9 +43,23 @@ from meshroute.local import CLIENT_CONNECT, LEARN_ADDRESS, Session
 from meshroute.model import Address
 from meshroute.openvpn.events import HookEvent
 from meshroute.reconcile import Plan, RouteSync
+from meshroute.telemetry import Histogram, LogBudget, PeerHistory
 from meshroute.views import health_view, peers_view, table_view
 
+if TYPE_CHECKING:
+    from meshroute.openvpn.hook_receiver import HookStats
+
 log = logging.getLogger(__name__)
+
+# Route changes named one per line at INFO, at most this many per window; the rest
+# of a burst is one summary line (and every route at DEBUG).
+ROUTE_LOG_LINES = 20
+ROUTE_LOG_WINDOW = 10.0
+# Hook arrivals waiting for a route change of their address: bounded, because most
+# hooks change no route on this agent (the client is local: OpenVPN routes it).
+MAX_PENDING_HOOKS = 10_000
+# A route change this long after the address's last hook was not caused by it.
+MAX_HOOK_TO_ROUTE_MS = 60_000
 
 StatusSource = Callable[[], Sequence[Session]]
 
@@ -77,6 +99,25 @@ class AgentStats:
     last_apply_summary: str = ""
     full_resyncs: int = 0
     route_errors: dict[str, str] = field(default_factory=dict)
+    # Latency (seconds): one apply; one status poll; a hook datagram received -> the
+    # route of its address changed on this agent.
+    apply_seconds: Histogram = field(default_factory=Histogram)
+    poll_seconds: Histogram = field(default_factory=Histogram)
+    hook_to_route_seconds: Histogram = field(default_factory=Histogram)
+    peer_history: PeerHistory = field(default_factory=PeerHistory)
+    hooks: HookStats | None = None  # the hook receiver's counters (set by the daemon)
+    hook_received_ms: dict[Address, int] = field(default_factory=dict)
+    route_log: LogBudget = field(
+        default_factory=lambda: LogBudget(ROUTE_LOG_LINES, ROUTE_LOG_WINDOW)
+    )
+
+    def note_hook(self, address: Address, received_ms: int | None) -> None:
+        """Remember when a hook for ``address`` arrived (for hook_to_route_seconds)."""
+        if received_ms is None:
+            return
+        if len(self.hook_received_ms) >= MAX_PENDING_HOOKS:
+            self.hook_received_ms.clear()  # old ones changed no route: nothing to measure
+        self.hook_received_ms[address] = received_ms
 
 
 @dataclass(frozen=True)
@@ -110,17 +151,29 @@ class Agent:
         self.stats = AgentStats()
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._stop = threading.Event()
-        self._goodbye = True
+        self._goodbye = False
         self._poll_now = threading.Event()
         self._next_resync = 0.0
         self._was_synced = False
-        self._own_hops = tuple(h for h in (core.settings.next_hop, core.settings.next_hop6) if h)
+        self._own_hops = core.settings.own_hops
         self._threads: list[threading.Thread] = []
+        # broker user -> when its latest message reached our bus (the bus thread
+        # writes, the loop reads): liveness is judged on arrival, however busy we are.
+        self._arrivals: dict[str, float] = {}
+        self._arrivals_lock = threading.Lock()
+        self._poll_requested_for: float | None = None
+        # (when, body, message id) of the last heartbeat the loop published
+        self._last_heartbeat: tuple[float, bytes, str] | None = None
+        self.keeper_heartbeats = 0
         self.on_iteration: Callable[[Agent], None] | None = None  # metrics hook
 
     # --- inputs, from any thread ------------------------------------------------
 
     def on_message(self, envelope: Envelope) -> None:
+        if envelope.user_id is not None:
+            at = envelope.received_at
+            with self._arrivals_lock:
+                self._arrivals[envelope.user_id] = at if at is not None else self.clock.monotonic()
         self.inbox.put(envelope)
 
     def on_connection(self, up: bool) -> None:
@@ -135,28 +188,39 @@ class Agent:
         self.inbox.put(_Query(kind, reply))
         return reply.result(timeout=timeout)
 
-    @property
-    def stopped_for_restart(self) -> bool:
-        return self._stop.is_set() and not self._goodbye
-
     def call_soon(self, func: Callable[[], None]) -> None:
         """Run ``func`` on the agent's thread (SimpleQueue.put is safe in signal handlers)."""
         self.inbox.put(func)
 
     def reconfigure(self, core_settings: CoreSettings, loop: LoopSettings) -> None:
         """Apply settings that can change at run time (on the agent's thread)."""
-        self.core.reconfigure(core_settings)
+        self.core.reconfigure(core_settings, self.clock.monotonic())
         self.settings = loop
         self.sync.full_resync_needed = True  # client networks may have changed
 
-    def request_stop(self, goodbye: bool = True) -> None:
+    def request_stop(self, goodbye: bool = False) -> None:
         """Safe from a signal handler: only sets flags that the loop polls.
 
-        ``goodbye=False`` stops for a restart: peers keep our claims for the hold
-        time, so a restart within it changes no route anywhere.
+        By default an agent stops WITHOUT a goodbye: an agent stopping is not its
+        clients leaving, peers keep our claims for the hold time, and a restart within
+        it changes no route anywhere (DESIGN rule 5). ``goodbye=True`` is
+        :meth:`leave`.
         """
         self._goodbye = goodbye
         self._stop.set()
+
+    def leave(self) -> None:
+        """Stop and say goodbye: every peer withdraws our clients' routes at once.
+
+        For a server that is leaving the mesh or whose OpenVPN is gone for good
+        (``meshroute leave``); never what a plain stop or restart does.
+        """
+        self.request_stop(goodbye=True)
+
+    @property
+    def left(self) -> bool:
+        """True once :meth:`leave` stopped the agent (it said goodbye)."""
+        return self._stop.is_set() and self._goodbye
 
     def poll_now(self) -> None:
         self._poll_now.set()
@@ -169,6 +233,7 @@ class Agent:
         self.stats.started_at = now
         self.core.start(now)
         self._start_poller()
+        self._start_thread(self._keeper, "heartbeat-keeper")
         self.bus.start(self)
         log.info(
             "agent %s started (epoch %s, next hops %s)",
@@ -196,8 +261,12 @@ class Agent:
             if not isinstance(item, _Query):
                 self._handle_safely(item)
         now = self.clock.monotonic()
+        with self._arrivals_lock:
+            arrivals, self._arrivals = self._arrivals, {}
+        self.core.note_arrivals(arrivals)
         self.core.tick(now)
         self._publish()
+        self._poll_if_due(now)
         self._reconcile(now)
         for item in queries:  # answered after the reconcile, so "installed" is current
             self._answer(item)
@@ -245,8 +314,14 @@ class Agent:
                 self.core.on_bus_down()
 
     def _handle_envelope(self, envelope: Envelope, now: float) -> None:
+        if envelope.received_at is not None:
+            now = envelope.received_at  # liveness counts from arrival, not from now
         try:
-            message = codec.decode(envelope.body, user_id=envelope.user_id)
+            message = codec.decode(
+                envelope.body,
+                user_id=envelope.user_id,
+                max_claims=self.core.settings.max_claims_per_peer,
+            )
         except codec.CodecError as exc:
             self.stats.decode_errors += 1
             log.warning("refused a bus message from user %s: %s", envelope.user_id, exc)
@@ -258,6 +333,7 @@ class Agent:
         wall = self.clock.wall_ms()
         addresses = [a for a in (event.address, event.address6) if a is not None]
         for address in self._allowed(addresses, event.common_name):
+            self.stats.note_hook(address, event.received_ms)
             if event.op in ("add", "update", "connect"):
                 source = CLIENT_CONNECT if event.kind == "client-connect" else LEARN_ADDRESS
                 since = event.connected_since
@@ -306,19 +382,29 @@ class Agent:
         for out in self.core.take_outbox():
             message = out.message
             header = message.header
-            self.bus.publish(
-                codec.encode(message),
-                msg_type=message.type,
-                message_id=f"{header.origin}-{header.epoch}-{header.seq}",
-                to=out.to,
-            )
+            body = codec.encode(message)
+            message_id = f"{header.origin}-{header.epoch}-{header.seq}"
+            self.bus.publish(body, msg_type=message.type, message_id=message_id, to=out.to)
+            if message.type == "heartbeat" and out.to is None:
+                self._last_heartbeat = (self.clock.monotonic(), body, message_id)
+
+    def _poll_if_due(self, now: float) -> None:
+        """The core wants an early status poll (a local session lost a contest)."""
+        due = self.core.poll_due
+        if due is not None and now >= due and self._poll_requested_for != due:
+            self._poll_requested_for = due
+            self._poll_now.set()
 
     def _reconcile(self, now: float) -> None:
         table = self.core.table
         if self.core.synced and not self._was_synced:
             self._was_synced = True
             self.sync.full_resync_needed = True  # deletes were held back until now
+        if self.core.full_resync_wanted:
+            self.core.full_resync_wanted = False
+            self.sync.full_resync_needed = True  # a peer's state arrived: held routes
         allow_delete = self.core.synced
+        keep = self.core.keeps_route(now)
         if self.sync.full_resync_needed or now >= self._next_resync:
             table.take_dirty()
             try:
@@ -328,7 +414,7 @@ class Agent:
                 self._next_resync = now + self.settings.retry_after_failure
                 return
             desired = table.desired_hops(self._own_hops)
-            plan = self.sync.plan_full(kernel, desired, allow_delete=allow_delete)
+            plan = self.sync.plan_full(kernel, desired, allow_delete=allow_delete, keep=keep)
             self.stats.full_resyncs += 1
             self._next_resync = now + self.settings.resync_interval
         else:
@@ -336,7 +422,7 @@ class Agent:
             if not dirty:
                 return
             desired = table.desired_hops_for(dirty, self._own_hops)
-            plan = self.sync.plan_some(dirty, desired, allow_delete=allow_delete)
+            plan = self.sync.plan_some(dirty, desired, allow_delete=allow_delete, keep=keep)
         if plan:
             self._apply(plan, now)
 
@@ -351,24 +437,94 @@ class Agent:
                       self.settings.retry_after_failure)  # fmt: skip
             self._next_resync = min(self._next_resync, now + self.settings.retry_after_failure)
             return
+        took = time.perf_counter() - started
         self.sync.record(plan, result.failed)
         self.stats.applies += 1
+        self.stats.apply_seconds.observe(took)
         self.stats.last_apply_at = now
         self.stats.last_apply_summary = plan.summary()
         self.stats.route_errors = {str(p): e for p, e in result.failed.items()}
-        log.info("routes: %s (%.1f ms)", plan.summary(), (time.perf_counter() - started) * 1e3)
+        self._observe_hook_latency(plan)
+        self._log_routes(plan, took, now)
         if result.failed:
             self.stats.apply_failures += 1
             log.error("%d route(s) failed; full resync in %.1fs", len(result.failed),
                       self.settings.retry_after_failure)  # fmt: skip
             self._next_resync = min(self._next_resync, now + self.settings.retry_after_failure)
 
+    def _observe_hook_latency(self, plan: Plan) -> None:
+        pending = self.stats.hook_received_ms
+        if not pending:
+            return
+        wall = self.clock.wall_ms()
+        if len(pending) < len(plan.replace) + len(plan.delete):  # walk the smaller side
+            deleted = set(plan.delete)
+            changed = [a for a in pending if a in plan.replace or a in deleted]
+        else:
+            changed = [a for a in itertools.chain(plan.replace, plan.delete) if a in pending]
+        for address in changed:
+            received = pending.pop(address, None)
+            if received is not None and wall - received <= MAX_HOOK_TO_ROUTE_MS:
+                self.stats.hook_to_route_seconds.observe(max(0, wall - received) / 1000)
+
+    def _log_routes(self, plan: Plan, took: float, now: float) -> None:
+        """Each route change names address, client, owner and next hop (INFO, bounded)."""
+        changes: Iterable[tuple[Address, Address | None]] = itertools.chain(
+            plan.replace.items(), ((a, None) for a in plan.delete)
+        )
+        total = len(plan.replace) + len(plan.delete)
+        budget, detailed = self.stats.route_log, log.isEnabledFor(logging.DEBUG)
+        for shown, (address, hop) in enumerate(changes):
+            if budget.allow(now):
+                log.info("%s", self._describe_route(address, hop))
+            elif detailed:
+                log.debug("%s", self._describe_route(address, hop))
+            else:
+                budget.suppressed += total - shown - 1  # allow() counted this one
+                break
+        for prefix in plan.strays:
+            log.info("route %s: deleted (owned by meshroute, not a host route we want)", prefix)
+        left_out = budget.take_suppressed()
+        summary = f"routes: {plan.summary()} ({took * 1e3:.1f} ms)"
+        if left_out:
+            summary += f"; {left_out} change(s) not listed (rate limit; every one at DEBUG)"
+        log.info("%s", summary)
+
+    def _describe_route(self, address: Address, hop: Address | None) -> str:
+        claim = self.core.table.winner(address)
+        client = claim.record.common_name if claim else None
+        if hop is not None:
+            owner = claim.owner if claim else "?"
+            return f"route {address}: via {hop} (client {client}, owner {owner})"
+        if claim is None:
+            return f"route {address}: withdrawn (no claim left)"
+        if claim.owner == self.core.name:
+            return f"route {address}: withdrawn (client {client} is local now)"
+        return f"route {address}: withdrawn (client {client}, owner {claim.owner}: no next hop)"
+
     # --- status poller ----------------------------------------------------------
 
     def _start_poller(self) -> None:
-        thread = threading.Thread(target=self._poller, name="status-poller", daemon=True)
+        self._start_thread(self._poller, "status-poller")
+
+    def _start_thread(self, target: Callable[[], None], name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
         thread.start()
         self._threads.append(thread)
+
+    def _keeper(self) -> None:
+        """Re-send the last heartbeat while the loop is too busy to send one."""
+        interval = self.core.settings.announce_interval
+        while not self._stop.wait(interval / 4):
+            last = self._last_heartbeat
+            now = self.clock.monotonic()
+            if last is None or now - last[0] < 1.5 * self.core.settings.announce_interval:
+                continue
+            self.keeper_heartbeats += 1
+            self._last_heartbeat = (now, last[1], last[2])
+            self.bus.publish(
+                last[1], msg_type="heartbeat", message_id=f"{last[2]}-k{self.keeper_heartbeats}"
+            )
 
     def _poller(self) -> None:
         while not self._stop.is_set():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
+from meshroute.hlc import OffsetEstimate
 from meshroute.model import Address, ClaimRecord
 
 
@@ -52,10 +53,23 @@ class ClaimSet:
     def digest(self) -> str:
         return f"{self._sum % 2**64:016x}"
 
+    def digest_with(self, other: ClaimSet) -> str:
+        """The digest of the union of two disjoint sets (what the owner announces)."""
+        return f"{(self._sum + other._sum) % 2**64:016x}"
+
 
 @dataclass
 class PeerView:
-    """What this agent knows of one peer in its current epoch."""
+    """What this agent knows of one peer in its current epoch.
+
+    ``claims`` are the peer's admitted claims (they take part in winners and
+    routes); ``refused`` the ones policy refused (outside the client networks, over
+    the per-peer cap, stamped too far ahead), kept only so that the peer's heartbeat
+    digest can still be compared (it describes everything the peer sent) and so
+    that a config change can admit them again. ``next_hop``/``next_hop6`` are the
+    admitted next hops (None when refused: no route goes toward a refused hop);
+    ``announced_hops`` what the peer last said.
+    """
 
     name: str
     epoch: int
@@ -67,7 +81,12 @@ class PeerView:
     snapshot_seq: int = -1
     max_seq: int = -1
     synced: bool = False
-    refused: set[Address] = field(default_factory=set)
+    refused: ClaimSet = field(default_factory=ClaimSet)
+    refused_overflow: bool = False  # more refused claims than we keep: no digest check
+    over_cap: bool = False  # sent more claims than max_claims_per_peer (quarantined)
+    announced_hops: tuple[Address | None, Address | None] = (None, None)
+    hop_problem: str | None = None  # why an announced next hop was refused
+    offset: OffsetEstimate = field(default_factory=OffsetEstimate)
 
     def next_hop_for(self, address: Address) -> Address | None:
         return self.next_hop if address.version == 4 else self.next_hop6

@@ -24,11 +24,22 @@ def cli() -> None:
 @cli.command()
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the effective config as JSON.")
-def check(config: str, as_json: bool) -> None:
+@click.option(
+    "--as-user",
+    metavar="USER",
+    help="Also check, as USER (the unit's User=), that every file the agent reads is "
+    "readable. Needs root.",
+)
+def check(config: str, as_json: bool, as_user: str | None) -> None:
     """Validate CONFIG (with MESHROUTE_* overrides) and print the effective config."""
     from meshroute.config import check_command
 
-    sys.exit(check_command(config, as_json=as_json))
+    code = check_command(config, as_json=as_json)
+    if code == 0 and as_user:
+        from meshroute.access import check_as_user
+
+        code = check_as_user(config, as_user)
+    sys.exit(code)
 
 
 @cli.command()
@@ -59,12 +70,17 @@ def _query_options(func):
 
 
 @cli.command()
+@click.argument("select", metavar="[ADDRESS|CLIENT]", required=False)
 @_query_options
-def table(socket_path: str | None, config_path: str | None, as_json: bool) -> None:
-    """Every address the agent has learned: owner, next hop, route installed."""
+def table(select: str | None, socket_path: str | None, config_path: str | None,
+          as_json: bool) -> None:  # fmt: skip
+    """Every address the agent has learned: owner, next hop, route installed.
+
+    With ADDRESS or CLIENT (a common name): only that, with every claimant and why
+    the winner won. Exit 1 when nothing matches."""
     from meshroute.control import query_command
 
-    sys.exit(query_command("table", socket_path, config_path, as_json))
+    sys.exit(query_command("table", socket_path, config_path, as_json, select=select))
 
 
 @cli.command()
@@ -83,6 +99,22 @@ def health(socket_path: str | None, config_path: str | None, as_json: bool) -> N
     from meshroute.control import query_command
 
     sys.exit(query_command("health", socket_path, config_path, as_json))
+
+
+@cli.command()
+@click.option("--socket", "socket_path", help=SOCKET_HELP)
+@click.option("--config", "config_path", help="Config file (for its control_socket).")
+@click.option("--wait", default=15.0, show_default=True, help="Seconds to wait for the stop.")
+def leave(socket_path: str | None, config_path: str | None, wait: float) -> None:
+    """Withdraw this server from the mesh NOW: the agent says goodbye and stops.
+
+    Every peer drops this server's client routes at once. For a server that is
+    being retired or whose OpenVPN is gone for good. A plain stop or restart
+    (SIGTERM, `systemctl restart`) does NOT do this: peers keep the routes for the
+    hold time, so a restart changes no route. Exit 0 once the agent is gone."""
+    from meshroute.control import leave_command
+
+    sys.exit(leave_command(socket_path, config_path, wait))
 
 
 @cli.command(
@@ -109,7 +141,58 @@ def hook(ctx: click.Context) -> None:
 
     from meshroute.openvpn.hook import main as hook_main
 
+    if ctx.args[:1] in (["-h"], ["--help"]):  # only in first place: a CN may be anything
+        click.echo(ctx.get_help())
+        sys.exit(0)
     sys.exit(hook_main(list(ctx.args), os.environ))
+
+
+@cli.group()
+def broker() -> None:
+    """What the RabbitMQ broker needs for a mesh."""
+
+
+@broker.command("definitions")
+@click.option("--agents", required=True, help="Agent names, comma separated (their `name` keys).")
+@click.option("--vhost", default="meshroute", show_default=True, help="The mesh's vhost.")
+@click.option("--exchange", default="meshroute", show_default=True, help="The fanout exchange.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Write here (mode 0600), not stdout.")
+@click.option(
+    "--password-dir",
+    type=click.Path(file_okay=False),
+    help="Passwords in DIR/NAME (first line); missing ones are generated into new files.",
+)
+@click.option("--monitoring-user", help="Also a read-only user for the management UI.")
+def broker_definitions(
+    agents: str,
+    vhost: str,
+    exchange: str,
+    out: str | None,
+    password_dir: str | None,
+    monitoring_user: str | None,
+) -> None:
+    """Write RabbitMQ definitions: vhost, exchange, per-agent users, policy.
+
+    Import with `rabbitmqctl import_definitions FILE`. Only password hashes are
+    written; without --password-dir the generated passwords are printed once on
+    stderr. See docs/install.md.
+    """
+    from pathlib import Path
+
+    from meshroute.broker_defs import definitions_command
+
+    sys.exit(
+        definitions_command(
+            agents,
+            vhost=vhost,
+            exchange=exchange,
+            out=Path(out) if out else None,
+            password_dir=Path(password_dir) if password_dir else None,
+            monitoring_user=monitoring_user,
+            stdout=sys.stdout,
+            stderr=sys.stderr,
+        )
+    )
 
 
 def _add_lab() -> None:

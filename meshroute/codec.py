@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from meshroute.model import (
+    MAX_COMMON_NAME,
     PROTOCOL_VERSION,
     Address,
     ClaimRecord,
@@ -36,7 +37,6 @@ from meshroute.model import (
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
 MAX_CLAIMS = 262_144
-MAX_COMMON_NAME = 255
 MAX_INT = 2**63 - 1
 AGENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 DIGEST = re.compile(r"[0-9a-f]{16}")
@@ -60,6 +60,10 @@ def encode(msg: Message) -> bytes:
         "epoch": h.epoch,
         "seq": h.seq,
     }
+    if h.clock is not None:
+        obj["clock"] = h.clock
+    if h.sent_ms is not None:
+        obj["sent_ms"] = h.sent_ms
     obj.update(_ENCODERS[msg.type](msg))
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
@@ -103,11 +107,13 @@ _ENCODERS: dict[str, Callable[[Any], dict[str, Any]]] = {
 # --- decode -------------------------------------------------------------------------
 
 
-def decode(body: bytes, *, user_id: str | None) -> Message:
+def decode(body: bytes, *, user_id: str | None, max_claims: int = MAX_CLAIMS) -> Message:
     """Parse and validate one body; ``user_id`` is the broker-authenticated sender.
 
     Raises CodecError when anything is wrong, including a missing ``user_id`` or one
     that differs from the body's ``origin`` (the sender's identity is the broker's).
+    ``max_claims`` (the agent's per-peer cap) refuses a larger snapshot before its
+    claims are validated one by one: a flood costs a length check, not seconds.
     """
     obj = _parse_json(body)
     _check_version(obj)
@@ -115,8 +121,17 @@ def decode(body: bytes, *, user_id: str | None) -> Message:
     parse = _DECODERS.get(msg_type)
     if parse is None:
         raise CodecError(f"field 'type': unknown message type {msg_type!r}")
+    limit = min(max_claims, MAX_CLAIMS)
+    for name in ("claims", "echo"):
+        items = obj.get(name)
+        if isinstance(items, list) and len(items) > limit:
+            raise CodecError(f"field {name!r}: {len(items)} claims exceed the limit {limit}")
     header = Header(
-        origin=_agent_name(obj, "origin"), epoch=_int(obj, "epoch"), seq=_int(obj, "seq")
+        origin=_agent_name(obj, "origin"),
+        epoch=_int(obj, "epoch"),
+        seq=_int(obj, "seq"),
+        clock=_opt_int(obj, "clock"),
+        sent_ms=_opt_int(obj, "sent_ms"),
     )
     if user_id is None:
         raise CodecError("identity: message has no broker user_id")
@@ -181,20 +196,37 @@ def _field(obj: Mapping[str, Any], name: str, kind: type, *, nullable: bool = Fa
 
 
 def _int(obj: Mapping[str, Any], name: str) -> int:
-    value = _field(obj, name, int)
+    value: int = _field(obj, name, int)
     if not 0 <= value <= MAX_INT:
         raise CodecError(f"field {name!r}: {value} is outside 0..2**63-1")
     return value
 
 
-def _agent_name(obj: Mapping[str, Any], name: str, *, nullable: bool = False) -> str | None:
-    value = _field(obj, name, str, nullable=nullable)
+def _opt_int(obj: Mapping[str, Any], name: str) -> int | None:
+    """An optional integer field (absent from senders that predate it)."""
+    return _int(obj, name) if name in obj else None
+
+
+def _agent_name(obj: Mapping[str, Any], name: str) -> str:
+    value = _opt_agent_name(obj, name, nullable=False)
+    assert value is not None  # _field refused a null
+    return value
+
+
+def _opt_agent_name(obj: Mapping[str, Any], name: str, *, nullable: bool = True) -> str | None:
+    value: str | None = _field(obj, name, str, nullable=nullable)
     if value is not None and not AGENT_NAME.fullmatch(value):
         raise CodecError(f"field {name!r}: {value[:80]!r} is not a valid agent name")
     return value
 
 
-def _address(obj: Mapping[str, Any], name: str, *, nullable: bool = False) -> Address | None:
+def _address(obj: Mapping[str, Any], name: str) -> Address:
+    address = _opt_address(obj, name, nullable=False)
+    assert address is not None  # _field refused a null
+    return address
+
+
+def _opt_address(obj: Mapping[str, Any], name: str, *, nullable: bool = True) -> Address | None:
     text = _field(obj, name, str, nullable=nullable)
     if text is None:
         return None
@@ -207,8 +239,8 @@ def _address(obj: Mapping[str, Any], name: str, *, nullable: bool = False) -> Ad
 
 
 def _next_hops(obj: Mapping[str, Any]) -> dict[str, Any]:
-    hop4 = _address(obj, "next_hop", nullable=True)
-    hop6 = _address(obj, "next_hop6", nullable=True)
+    hop4 = _opt_address(obj, "next_hop")
+    hop6 = _opt_address(obj, "next_hop6")
     if hop4 is not None and hop4.version != 4:
         raise CodecError(f"field 'next_hop': {hop4} is not an IPv4 address")
     if hop6 is not None and hop6.version != 6:
@@ -223,7 +255,8 @@ def _claim(value: Any, where: str) -> ClaimRecord:
         cn = _field(value, "cn", str)
         if len(cn) > MAX_COMMON_NAME or _CONTROL.search(cn):
             raise CodecError(
-                "field 'cn': longer than 255 characters or contains control characters"
+                f"field 'cn': longer than {MAX_COMMON_NAME} characters "
+                "or contains control characters"
             )
         return ClaimRecord(
             address=_address(value, "address"),
@@ -277,7 +310,7 @@ def _heartbeat(obj: Mapping[str, Any], header: Header) -> Heartbeat:
 
 
 def _sync_request(obj: Mapping[str, Any], header: Header) -> SyncRequest:
-    return SyncRequest(header=header, target=_agent_name(obj, "target", nullable=True))
+    return SyncRequest(header=header, target=_opt_agent_name(obj, "target"))
 
 
 _DECODERS: dict[str, Callable[[Mapping[str, Any], Header], Message]] = {

@@ -47,6 +47,7 @@ from meshroute.config_values import (
     IPV4,
     IPV6,
     LISTEN,
+    LOG_FORMAT,
     LOG_LEVEL,
     MGMT,
     NAME,
@@ -141,6 +142,14 @@ class Config:
             "the networks of {data_interface}'s addresses, at start",
         ),
     )
+    backbone_networks: tuple[Network, ...] = field(
+        default=(),
+        metadata=_meta(
+            NETWORKS,
+            "Where peers' next hops must lie; a hop elsewhere is refused (no route toward it).",
+            "the networks of {mgmt_interface}'s addresses, at start (unchecked without it)",
+        ),
+    )
     route_table: int = field(
         default=254, metadata=_meta(TABLE, "Table for meshroute's routes (or main, local).")
     )
@@ -183,6 +192,21 @@ class Config:
     max_claims_per_peer: int = field(
         default=65536, metadata=_meta(COUNT, "Most claims accepted from one peer.")
     )
+    max_clock_skew: float = field(
+        default=300.0,
+        metadata=_meta(
+            DURATION,
+            "Bound on peers' clocks: stamps/epochs further ahead than 2x this are refused.",
+        ),
+    )
+    clock_offset_warning: float = field(
+        default=1.0,
+        metadata=_meta(DURATION, "health warns when a peer's clock is off by more than this."),
+    )
+    state_dir: pathlib.Path = field(
+        default=pathlib.Path("/var/lib/meshroute"),
+        metadata=_meta(PATH, "Where the agent keeps its epoch (so it never goes back)."),
+    )
     control_socket: pathlib.Path = field(
         default=_RUN / "meshroute.sock", metadata=_meta(PATH, "Unix socket for the CLI.")
     )
@@ -202,6 +226,14 @@ class Config:
     )
     log_level: str = field(
         default="info", metadata=_meta(LOG_LEVEL, "debug, info, warning or error.")
+    )
+    log_format: str | None = field(
+        default=None,
+        metadata=_meta(
+            LOG_FORMAT,
+            "Log lines: text, journal (syslog priority prefixes for journald) or json.",
+            "journal when $JOURNAL_STREAM is set (under systemd), else text",
+        ),
     )
     dataplane_netns: str | None = field(
         default=None,

@@ -269,6 +269,13 @@ def _parse_log_level(text: str) -> str:
     return level
 
 
+def _parse_log_format(text: str) -> str:
+    kind = text.lower()
+    if kind not in ("text", "journal", "json"):
+        raise ValueError(f"{text!r} is not one of text, journal, json")
+    return kind
+
+
 def _joined(values: tuple) -> str:
     return ", ".join(str(v) for v in values)
 
@@ -290,5 +297,6 @@ DURATION = Kind("duration", _duration(allow_zero=False), show_float, optional=Fa
 DURATION_OR_ZERO = Kind("duration", _duration(allow_zero=True), show_float, optional=False)
 LISTEN = Kind("host:port", lambda text: str(parse_hostport(text)))
 LOG_LEVEL = Kind("level", _parse_log_level, optional=False)
+LOG_FORMAT = Kind("format", _parse_log_format)
 NETNS = Kind("netns", _pattern(r"[A-Za-z0-9_.-]{1,255}", "network namespace name"))
 GROUP = Kind("group", _pattern(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}", "group name"))

@@ -24,16 +24,32 @@ Life of an agent, and the invariants it keeps:
    differs asks for a snapshot, which is sent to it alone.
 4. **Isolation.** While the broker connection is down the table is frozen (nobody
    expires). On reconnect the agent asks everyone for snapshots and sends its own,
-   so peers that expired it relearn it at once.
-5. **Stop.** A goodbye, so peers withdraw at once.
+   so peers that expired it relearn it at once. A link that dies silently (no FIN,
+   no RST) leaves the connection "up": so a peer is expired only once our own
+   messages have come back through the broker after its deadline (when a deadline
+   passes we send a heartbeat at once, to ourselves as to everyone, and its echo
+   decides). An agent that cannot hear itself expires nobody, however long.
+5. **Time.** Every message carries our hybrid logical clock and wall clock; every
+   message received is merged into the clock and updates the sender's offset
+   estimate (:mod:`meshroute.hlc`). A local session that loses to a peer's claim
+   while its client still talks to us re-asserts itself (:mod:`meshroute.local`):
+   the core asks for an early status poll (:attr:`AgentCore.poll_due`) to see it.
+6. **Deletes wait for knowledge.** A route toward a peer whose current state we
+   have not received (restarted, not yet synced) is never deleted, nor, for a hold
+   time after we start listening, one toward a next hop nobody has announced yet
+   (a peer restarting at the same time as us): :meth:`AgentCore.keeps_route`.
+7. **Stop.** For a restart nothing (peers keep our claims for the hold time);
+   for leaving, a goodbye, so peers withdraw at once.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from meshroute.clock import SystemClock
+from meshroute.hlc import HybridClock
 from meshroute.local import CLIENT_CONNECT, Change, LocalClaims, Session
 from meshroute.model import (
     Address,
@@ -70,6 +86,21 @@ class CoreSettings:
     max_claims_per_peer: int = 65536
     next_hop: Address | None = None
     next_hop6: Address | None = None
+    max_clock_skew: float = 300.0
+    clock_offset_warning: float = 1.0
+    backbone_networks: tuple[Network, ...] = ()
+    reserved_hops: tuple[Address, ...] = ()  # the broker's addresses: never a next hop
+
+    @property
+    def own_hops(self) -> tuple[Address, ...]:
+        return tuple(h for h in (self.next_hop, self.next_hop6) if h is not None)
+
+
+# After a local session loses to a peer's claim, poll this soon: Last Ref has a
+# resolution of one second, so a poll sooner could not show a later packet.
+CONTEST_POLL_DELAY = 1.5
+# At most one probe heartbeat (to learn whether we still hear ourselves) this often.
+PROBE_INTERVAL = 0.5
 
 
 @dataclass
@@ -80,17 +111,34 @@ class _Timers:
 
 
 class AgentCore:
-    def __init__(self, settings: CoreSettings, *, epoch: int) -> None:
+    def __init__(
+        self,
+        settings: CoreSettings,
+        *,
+        epoch: int,
+        wall_clock: Callable[[], int] | None = None,
+    ) -> None:
         self.settings = settings
         self.name = settings.name
         self.epoch = epoch
+        wall = wall_clock if wall_clock is not None else SystemClock().wall_ms
+        self.clock = HybridClock(wall, int(settings.max_clock_skew * 1000))
         self.table = ClaimTable(
             settings.name,
             hold_time=settings.hold_time,
             client_networks=settings.client_networks,
             max_claims_per_peer=settings.max_claims_per_peer,
+            clock=self.clock,
+            backbone_networks=settings.backbone_networks,
+            reserved_hops=settings.own_hops + settings.reserved_hops,
         )
         self.local = LocalClaims(self.table, started_ms=epoch)
+        self.heard_self_at: float | None = None  # our own latest message came back
+        self.listening_since: float | None = None  # first broker connection
+        self.poll_due: float | None = None  # an early status poll is wanted then
+        self.full_resync_wanted = False  # a peer's state arrived: re-judge held routes
+        self._last_probe = float("-inf")
+        self._hold_passed = False
         self.outbox: list[Outgoing] = []
         self.local_known = False
         self.bus_up = False
@@ -108,18 +156,26 @@ class AgentCore:
         self._timers.next_heartbeat = now
         self.table.freeze("not connected to the broker yet")
 
-    def reconfigure(self, settings: CoreSettings) -> None:
-        """New timers, client networks and cap (name and next hops need a restart)."""
+    def reconfigure(self, settings: CoreSettings, now: float) -> None:
+        """New timers, client networks and cap (name and next hops need a restart).
+
+        Peers' claims are judged again under the new networks and cap; our own
+        claims now outside the client networks are withdrawn.
+        """
         self.settings = settings
         self.table.hold_time = settings.hold_time
-        self.table.client_networks = tuple(settings.client_networks)
-        self.table.max_claims_per_peer = settings.max_claims_per_peer
+        self.table.set_policy(settings.client_networks, settings.max_claims_per_peer, now)
+        outside = [a for a in self.table.local.records if not self.table.allowed(a)]
+        for address in outside:
+            self._publish(self.local.disconnected(address, None, now=now))
 
     def stop(self) -> None:
         self._send(Goodbye(self._header()))
 
     def on_bus_up(self, now: float) -> None:
         self.bus_up = True
+        if self.listening_since is None:
+            self.listening_since = now
         if self._timers.sync_until == float("inf"):
             # The sync window counts from the first connection, not from the start:
             # a slow broker must not cost a restarted agent its peers' echoes.
@@ -136,7 +192,17 @@ class AgentCore:
     # --- inputs -----------------------------------------------------------------
 
     def on_message(self, message: Message, now: float) -> None:
+        """A validated message that arrived (on the bus thread) at monotonic ``now``."""
+        header = message.header
+        if header.origin == self.name:
+            if header.epoch == self.epoch:  # our own, back through the broker
+                self.heard_self_at = max(self.heard_self_at or now, now)
+            return
+        was_synced = self._synced_peers()
         reaction = self.table.apply(message, now)
+        self._note_contests(now)
+        if self._synced_peers() - was_synced:
+            self.full_resync_wanted = True
         if reaction.send_snapshot_to is not None:
             if self.local_known:
                 self._send_snapshot(to=reaction.send_snapshot_to)
@@ -144,6 +210,55 @@ class AgentCore:
                 self._pending_snapshot_to.add(reaction.send_snapshot_to)
         if reaction.request_sync_from is not None:
             self._ask(reaction.request_sync_from, now)
+
+    def note_arrivals(self, arrivals: Mapping[str, float]) -> None:
+        """Broker users whose messages reached our bus (not yet processed), and when."""
+        for name, at in arrivals.items():
+            if name == self.name:
+                self.heard_self_at = max(self.heard_self_at or at, at)
+            else:
+                self.table.note_arrival(name, at)
+
+    def isolated(self, now: float) -> str | None:
+        """Why we cannot hear the bus now (None if we can): shown in health."""
+        if not self.bus_up:
+            return "not connected to the broker"
+        limit = 2 * self.settings.announce_interval + 1.0
+        since = self.heard_self_at if self.heard_self_at is not None else self.listening_since
+        if since is not None and now - since > limit:
+            return f"our own messages have not come back through the broker for {now - since:.1f}s"
+        return None
+
+    def keeps_route(self, now: float) -> Callable[[Address], bool]:
+        """Which next hops' routes must not be deleted now, even if nobody wants them.
+
+        Those toward a peer whose current state we have not received (it restarted
+        and has sent no snapshot yet), and, for a hold time after we started
+        listening, those toward a next hop no peer has announced (a peer that
+        restarted with us and has not spoken yet).
+        """
+        peers = self.table.peers.values()
+        unsynced = {h for p in peers if not p.synced for h in (p.next_hop, p.next_hop6) if h}
+        start = self.listening_since
+        if start is not None and now - start > self.settings.hold_time:
+            return lambda hop: hop in unsynced
+        # Early on: "unknown" is a hop no peer has announced since we started (a
+        # peer that said goodbye or expired meanwhile was known: its routes go).
+        known = self.table.hops_seen
+        return lambda hop: hop in unsynced or hop not in known
+
+    def _synced_peers(self) -> set[str]:
+        return {name for name, peer in self.table.peers.items() if peer.synced}
+
+    def _note_contests(self, now: float) -> None:
+        contested = self.table.contested
+        if not contested:
+            return
+        wall = self.clock.wall()
+        for address in contested:
+            if self.local.contest(address, wall) and self.poll_due is None:
+                self.poll_due = now + CONTEST_POLL_DELAY
+        contested.clear()
 
     def on_connect(
         self,
@@ -174,6 +289,8 @@ class AgentCore:
         self._publish(changes)
 
     def on_poll(self, sessions: Iterable[Session], *, fetched_at: float) -> None:
+        if self.poll_due is not None and fetched_at >= self.poll_due:
+            self.poll_due = None
         if not self.synced:
             # The first poll waits for the sync window: peers' answers echo the
             # stamps of our previous epoch, which the sessions found again keep.
@@ -189,6 +306,7 @@ class AgentCore:
             self._pending_snapshot_to.clear()
             return
         self._publish(changes)
+        self._note_contests(fetched_at)
 
     def tick(self, now: float) -> list[str]:
         """Timers: heartbeat, end of the sync window, expiry. Returns expired peers."""
@@ -200,13 +318,26 @@ class AgentCore:
         if now >= self._timers.next_heartbeat and self.bus_up:
             self._send_heartbeat()
             self._timers.next_heartbeat = now + self.settings.announce_interval
-        return self.table.expire(now)
+        heard = self.heard_self_at if self.heard_self_at is not None else float("-inf")
+        expired = self.table.expire(now, heard_until=heard)
+        start = self.listening_since
+        if start is not None and not self._hold_passed and now - start > self.settings.hold_time:
+            self._hold_passed = True  # routes toward unknown hops are no longer kept
+            self.full_resync_wanted = True
+        if expired:
+            self.full_resync_wanted = True
+        if self.table.overdue and self.bus_up and now - self._last_probe >= PROBE_INTERVAL:
+            # A deadline passed but we have not heard ourselves since: ask the broker.
+            self._last_probe = now
+            self._send_heartbeat()
+        return expired
 
     # --- outputs ----------------------------------------------------------------
 
     def _header(self) -> Header:
         self._seq += 1
-        return Header(self.name, self.epoch, self._seq)
+        clock = self.clock.now()
+        return Header(self.name, self.epoch, self._seq, clock=clock, sent_ms=self.clock.wall())
 
     def _send(self, message: Message, to: str | None = None) -> None:
         self.outbox.append(Outgoing(message, to))

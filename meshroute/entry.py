@@ -13,7 +13,8 @@ import sys
 
 def main() -> None:
     argv = sys.argv[1:]
-    if argv[:1] == ["hook"] and not {"-h", "--help"} & set(argv):
+    # Help only as the first word after ``hook``: a common name may be "--help".
+    if argv[:1] == ["hook"] and argv[1:2] not in (["-h"], ["--help"]):
         from meshroute.openvpn.hook import main as hook_main
 
         sys.exit(hook_main(argv[1:], os.environ))

@@ -23,7 +23,20 @@ address on every agent.
   not newer ones (the client may already have moved on):
   ``max(connected_since_ms, highest stamp among older sessions + 1)``.
 - A session keeps its stamp for its whole life; a later poll only fills in the real
-  ``connected_since`` of a session first seen by ``learn-address``.
+  ``connected_since`` of a session first seen by ``learn-address``. One exception:
+- A session **re-asserts** itself (takes a stamp above every claim known for its
+  address) when a peer's claim beats it and OpenVPN's ``Last Ref`` then shows the
+  client sending here *after* this agent learned of that claim. Both times are on
+  this server's own clock, so the evidence is skew-free: the competing session had
+  started before we heard of it, a client talks to one server at a time, and a
+  session here that still hears from its client afterwards is the live one. A stale
+  session (the client moved away) hears nothing after the contest and never
+  re-asserts, so the two cannot ping-pong. This is what makes the live session win
+  when the wall clocks are skewed further than the time between two sessions.
+
+Every stamp comes from the agent's hybrid logical clock (:mod:`meshroute.hlc`): a
+hook's session is stamped above everything the agent has heard, and no stamp is
+ever further ahead than the wall clock plus ``max_clock_skew``.
 
 Race guards: a poll's answer is as old as the moment it was fetched. It never
 removes a claim observed after that moment, and never re-adds a client that a hook
@@ -32,20 +45,29 @@ reported gone after that moment.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from meshroute.model import Address, ClaimRecord
 from meshroute.state import ClaimTable
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Session:
-    """One client session as the local OpenVPN server reports it."""
+    """One client session as the local OpenVPN server reports it.
+
+    ``last_ref`` is OpenVPN's ``Last Ref (time_t)`` for the address: when the server
+    last received a packet from the client, on the server's own clock (None when
+    the status does not give it).
+    """
 
     address: Address
     common_name: str
     connected_since: int
+    last_ref: int | None = None
 
 
 @dataclass
@@ -62,6 +84,9 @@ LEARN_ADDRESS = "learn-address"
 # A learn-address this soon after the same client's client-connect is that session.
 SAME_SESSION_WINDOW = 2.0
 
+# Two re-assertions of one address closer than this: two live sessions (log it).
+REASSERT_WARN_WINDOW = 60.0
+
 
 class LocalClaims:
     """Keeps the table's local claims in line with hooks and polls.
@@ -76,6 +101,27 @@ class LocalClaims:
         self._entries: dict[Address, _Entry] = {}
         self._removed_at: dict[Address, float] = {}
         self._polled = False
+        # address -> our wall clock (ms) when a peer's claim first beat our session
+        self._contested_at: dict[Address, int] = {}
+        self._reasserted_at: dict[Address, float] = {}
+
+    def contest(self, address: Address, wall_ms: int) -> bool:
+        """A peer's claim for ``address`` changed while we hold a session for it.
+
+        Records when our session first lost (True if it just did: a status poll
+        soon can show whether the client still talks to us); forgets it once our
+        session wins again or is gone.
+        """
+        winner = self.table.winner(address)
+        if address not in self.table.local.records or (
+            winner is not None and winner.owner == self.table.self_name
+        ):
+            self._contested_at.pop(address, None)
+            return False
+        if address in self._contested_at:
+            return False
+        self._contested_at[address] = wall_ms
+        return True
 
     def connected(
         self,
@@ -106,9 +152,15 @@ class LocalClaims:
         )
         if same_session:
             return []
+        clock = self.table.clock
+        if (
+            connected_since is not None
+            and clock.cap(connected_since * 1000) < connected_since * 1000
+        ):
+            connected_since = None  # a time further ahead than our clock may go: not believed
         since = connected_since if connected_since is not None else wall_ms // 1000
-        stamp = max(wall_ms, since * 1000, self.table.max_stamp(address) + 1)
-        record = ClaimRecord(address, common_name, since, stamp)
+        floor = max(self.table.max_stamp(address), wall_ms - 1, since * 1000 - 1)
+        record = ClaimRecord(address, common_name, since, clock.stamp_above(floor))
         self._entries[address] = _Entry(observed_at=now, since_estimated=connected_since is None)
         self._removed_at.pop(address, None)
         return self._set(record)
@@ -139,10 +191,14 @@ class LocalClaims:
             and connected_since != current.connected_since
         ):
             return []  # the end of an older session of this client
-        self._entries.pop(address, None)
+        self._forget(address)
         self._removed_at[address] = now
         self.table.remove_local(address)
         return [(address, None)]
+
+    def _forget(self, address: Address) -> None:
+        self._entries.pop(address, None)
+        self._contested_at.pop(address, None)
 
     def poll(self, sessions: Iterable[Session], *, fetched_at: float) -> list[Change]:
         """Reconcile with a full status list fetched at monotonic time ``fetched_at``."""
@@ -154,7 +210,7 @@ class LocalClaims:
         for address in [a for a in self.table.local.records if a not in seen]:
             entry = self._entries.get(address)
             if entry is None or entry.observed_at < fetched_at:
-                self._entries.pop(address, None)
+                self._forget(address)
                 self.table.remove_local(address)
                 changes.append((address, None))
         self._removed_at = {a: t for a, t in self._removed_at.items() if t >= fetched_at}
@@ -169,7 +225,7 @@ class LocalClaims:
         entry = self._entries.get(address)
         if current is not None and current.common_name == session.common_name:
             if current.connected_since == session.connected_since:
-                return []
+                return self._reassert_if_live(current, session, fetched_at)
             if entry is not None and entry.since_estimated:
                 # learn-address guessed the time; keep the session's stamp.
                 entry.since_estimated = False
@@ -186,9 +242,41 @@ class LocalClaims:
             stamp = echo.stamp  # our own session from before a restart
         elif self._polled or session.connected_since >= self.started_s:
             stamp = max(stamp, self._older_than(address, session.connected_since) + 1)
+        stamp = self.table.clock.cap(stamp)
         record = ClaimRecord(address, session.common_name, session.connected_since, stamp)
         self._entries[address] = _Entry(observed_at=fetched_at, since_estimated=False)
         return self._set(record)
+
+    def _reassert_if_live(
+        self, current: ClaimRecord, session: Session, fetched_at: float
+    ) -> list[Change]:
+        """Re-stamp our session above its rivals if the client talked to us after it lost."""
+        address = current.address
+        contested_at = self._contested_at.get(address)
+        if contested_at is None or session.last_ref is None:
+            return []
+        if session.last_ref * 1000 <= contested_at:
+            return []  # no packet from the client since we heard of the rival session
+        del self._contested_at[address]
+        winner = self.table.winner(address)
+        if winner is None or winner.owner == self.table.self_name:
+            return []
+        stamp = self.table.clock.stamp_above(self.table.max_stamp(address))
+        last = self._reasserted_at.get(address)
+        self._reasserted_at[address] = fetched_at
+        if last is not None and fetched_at - last < REASSERT_WARN_WINDOW:
+            log.warning(
+                "client %s at %s is live here and on %s: two clients with one address? "
+                "(re-asserted twice within %.0fs)", session.common_name, address,
+                winner.owner, REASSERT_WARN_WINDOW,
+            )  # fmt: skip
+        else:
+            log.info(
+                "client %s at %s: lost to %s's claim, but still sends here (last packet "
+                "at %d): re-asserting", session.common_name, address, winner.owner,
+                session.last_ref,
+            )  # fmt: skip
+        return self._set(replace(current, stamp=stamp))
 
     def _older_than(self, address: Address, since: int) -> int:
         """The highest stamp of claims for ``address`` from sessions older than ``since``.

@@ -18,8 +18,9 @@ Vocabulary (one word for one thing, in code, docs, CLI and metrics):
 - **stamp**: the integer that orders competing claims for one address. The claim with
   the highest ``(stamp, owner)`` wins on every agent, because every agent compares the
   same two fields carried by the claims themselves (never local arrival order).
-- **epoch**: changes at every agent start (a start time in ms); ``seq`` increases per
-  message within an epoch.
+- **epoch**: changes at every agent start: a persisted incarnation that never goes
+  back, ``max(start time in ms, previous epoch + 1)``; ``seq`` increases per message
+  within an epoch.
 """
 
 from __future__ import annotations
@@ -81,6 +82,11 @@ class ClaimRecord:
     stamp: int
 
 
+MAX_COMMON_NAME = 255
+"""The longest common name meshroute takes anywhere (hooks, status, bus): one limit,
+applied where data enters, so that no agent announces a name its peers refuse."""
+
+
 @dataclass(frozen=True, slots=True)
 class Claim:
     """A claim as the claim table holds it: a record plus the agent that owns it."""
@@ -106,11 +112,19 @@ class Route:
 
 @dataclass(frozen=True, slots=True)
 class Header:
-    """Fields every message carries. ``origin`` must equal the broker user."""
+    """Fields every message carries. ``origin`` must equal the broker user.
+
+    ``clock`` is the sender's hybrid logical clock and ``sent_ms`` its wall clock
+    when it sent the message (ms; None from a sender that does not send them):
+    receivers merge the first into their own clock and estimate the sender's clock
+    offset from the second (:mod:`meshroute.hlc`).
+    """
 
     origin: str
     epoch: int
     seq: int
+    clock: int | None = None
+    sent_ms: int | None = None
 
 
 @dataclass(frozen=True)

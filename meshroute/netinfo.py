@@ -39,13 +39,19 @@ class Resolved:
     next_hop: ipaddress.IPv4Address | None
     next_hop6: ipaddress.IPv6Address | None
     client_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    backbone_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
 
 def resolve_defaults(config) -> Resolved:
-    """Fill next_hop(6) from mgmt_interface and client_networks from data_interface."""
+    """Fill next_hop(6) and backbone_networks from mgmt_interface, client_networks
+    from data_interface."""
     next_hop, next_hop6 = config.next_hop, config.next_hop6
-    if (next_hop is None or next_hop6 is None) and config.mgmt_interface:
+    backbone = tuple(config.backbone_networks)
+    needs_backbone = next_hop is None or next_hop6 is None or not backbone
+    if needs_backbone and config.mgmt_interface:
         addrs = interface_addresses(config.mgmt_interface)
+        if not backbone:
+            backbone = tuple(dict.fromkeys(a.network for a in addrs))
         if next_hop is None:
             next_hop = next((a.ip for a in addrs if a.version == 4), None)
         if next_hop6 is None:
@@ -65,4 +71,4 @@ def resolve_defaults(config) -> Resolved:
             "no client networks: set client_networks, or data_interface to OpenVPN's tun "
             "interface (its networks are used)"
         )
-    return Resolved(next_hop, next_hop6, networks)
+    return Resolved(next_hop, next_hop6, networks, backbone)

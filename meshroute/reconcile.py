@@ -21,12 +21,14 @@ added by hand with our protocol) is a *stray*: kept apart and always deleted.
 
 ``allow_delete=False`` (a starting agent that has not heard its peers yet) plans
 adds and changes only: an adopted route that is not yet explained stays in place
-until the agent knows enough to decide.
+until the agent knows enough to decide. ``keep`` narrows deletes further, by next
+hop: a route toward a peer whose current state has not arrived yet (it restarted
+at the same time as us) is kept (:meth:`meshroute.core.AgentCore.keeps_route`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from meshroute.model import Address, Network, Route, host_address, host_prefix
@@ -60,15 +62,25 @@ class Plan:
         return [host_prefix(address) for address in self.delete] + list(self.strays)
 
 
+Keep = Callable[[Address], bool]  # next hop -> its routes must not be deleted now
+
+
+def _keep_nothing(hop: Address) -> bool:
+    return False
+
+
 def diff(
     desired: Mapping[Address, Address],
     actual: Mapping[Address, Address],
     *,
     allow_delete: bool = True,
+    keep: Keep = _keep_nothing,
 ) -> Plan:
     """The changes that turn ``actual`` into ``desired`` (both address -> next hop)."""
     replace = {a: hop for a, hop in desired.items() if actual.get(a) != hop}
-    delete = tuple(a for a in actual if a not in desired) if allow_delete else ()
+    if not allow_delete:
+        return Plan(replace, ())
+    delete = tuple(a for a, hop in actual.items() if a not in desired and not keep(hop))
     return Plan(replace, delete)
 
 
@@ -78,6 +90,7 @@ def diff_some(
     actual: Mapping[Address, Address],
     *,
     allow_delete: bool = True,
+    keep: Keep = _keep_nothing,
 ) -> Plan:
     """Like :func:`diff`, restricted to ``addresses`` (``desired`` may hold only those)."""
     replace: dict[Address, Address] = {}
@@ -86,7 +99,7 @@ def diff_some(
         want, have = desired.get(address), actual.get(address)
         if want is not None and want != have:
             replace[address] = want
-        elif want is None and have is not None and allow_delete:
+        elif want is None and have is not None and allow_delete and not keep(have):
             delete.append(address)
     return Plan(replace, tuple(delete))
 
@@ -109,6 +122,7 @@ class RouteSync:
         desired: Mapping[Address, Address],
         *,
         allow_delete: bool = True,
+        keep: Keep = _keep_nothing,
     ) -> Plan:
         """Plan from a fresh dump of the kernel; the mirror becomes that dump."""
         self.installed, self.strays = {}, {}
@@ -119,7 +133,7 @@ class RouteSync:
             else:
                 self.installed[address] = hop
         self.full_resync_needed = False
-        plan = diff(desired, self.installed, allow_delete=allow_delete)
+        plan = diff(desired, self.installed, allow_delete=allow_delete, keep=keep)
         if not allow_delete or not self.strays:
             return plan
         return Plan(plan.replace, plan.delete, tuple(self.strays))
@@ -130,8 +144,9 @@ class RouteSync:
         desired: Mapping[Address, Address],
         *,
         allow_delete: bool = True,
+        keep: Keep = _keep_nothing,
     ) -> Plan:
-        return diff_some(addresses, desired, self.installed, allow_delete=allow_delete)
+        return diff_some(addresses, desired, self.installed, allow_delete=allow_delete, keep=keep)
 
     def record(self, plan: Plan, failed: Mapping[Network, str]) -> None:
         """Update the mirror with what succeeded (a failed prefix counts as absent).

@@ -22,8 +22,18 @@ Invariants:
   is down) nobody expires; thawing restarts every peer's hold timer. An expired
   peer that speaks again (it was only cut off) is relearned; a peer that said
   goodbye is heard again only from a newer epoch.
-- **Trust nothing.** Claims outside ``client_networks`` and claims past the per-peer
-  cap are refused and counted, never stored.
+- **Liveness needs proof that we can hear.** A peer is expired only once our own
+  messages have come back through the broker after its deadline (``heard_until``):
+  an agent cut off from the broker, even silently (no FIN, no RST), cannot tell a
+  dead peer from its own deafness, so it expires nobody (DESIGN rule 6).
+- **Trust nothing.** Claims outside ``client_networks``, past the per-peer cap, or
+  stamped further ahead than the clock bound (:mod:`meshroute.hlc`) are refused and
+  counted by reason; they never take part in winners or routes (they are kept apart,
+  bounded, only so that the peer's heartbeat digest can still be checked and a
+  config change can admit them). Epochs too far ahead refuse the whole message. A
+  next hop must lie in the backbone networks, outside the client networks, and be
+  nobody else's (no broker, no agent's own, no other peer's, no client's); a refused
+  hop means no route toward that peer for that family.
 - **One index.** ``_by_address`` always agrees with the owners' own claim sets (it is
   updated right after each of them changes); it stores the owner's name alone for
   an address with one holder (see :data:`Holders`): 100,000 claims must fit the
@@ -35,12 +45,14 @@ Time is injected (``now`` arguments, monotonic seconds); nothing here does I/O.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import TypeAlias
 
 from meshroute.claims import ClaimSet, PeerView
+from meshroute.hlc import HybridClock
 from meshroute.model import (
     Address,
     Claim,
@@ -77,6 +89,8 @@ class Reaction:
 
 NOTHING = Reaction()
 
+UNBOUNDED_MS = 2**61  # the skew bound of a table built without a clock: none
+
 # How long (in hold times) the claims of a departed peer are kept for its echo.
 REMEMBER_HOLD_TIMES = 20
 
@@ -86,6 +100,22 @@ class Counters:
     stale: int = 0
     refused_claims: int = 0
     expired_peers: int = 0
+    refusals: dict[str, int] = field(default_factory=dict)  # reason -> count
+
+    def refuse(self, reason: str, n: int = 1) -> None:
+        self.refusals[reason] = self.refusals.get(reason, 0) + n
+
+
+# Refusal reasons (the metrics' ``reason`` label; one word each).
+OUTSIDE_NETWORKS = "outside_client_networks"
+OVER_CAP = "per_peer_cap"
+STAMP_AHEAD = "stamp_ahead"
+EPOCH_AHEAD = "epoch_ahead"
+CLOCK_AHEAD = "clock_ahead"
+BAD_NEXT_HOP = "next_hop"
+
+# How often one peer's refusals of one reason are logged (the rest are counted).
+REFUSAL_LOG_INTERVAL = 60.0
 
 
 class ClaimTable:
@@ -98,14 +128,27 @@ class ClaimTable:
         hold_time: float,
         client_networks: Iterable[Network] = (),
         max_claims_per_peer: int = 65536,
+        clock: HybridClock | None = None,
+        backbone_networks: Iterable[Network] = (),
+        reserved_hops: Iterable[Address] = (),
     ) -> None:
         self.self_name = self_name
         self.hold_time = hold_time
         self.client_networks = tuple(client_networks)
         self.max_claims_per_peer = max_claims_per_peer
+        # Without a clock of the agent's (table-level tests): a purely logical one
+        # (wall 0) with no bounds. The agent core always passes its own.
+        self.clock = clock if clock is not None else HybridClock(lambda: 0, UNBOUNDED_MS)
+        self.backbone_networks = tuple(backbone_networks)
+        self.reserved_hops = frozenset(reserved_hops)  # ours, the broker's: never a peer's
         self.local = ClaimSet()
         self.peers: dict[str, PeerView] = {}
-        self.departed: dict[str, int] = {}  # name -> last epoch that said goodbye
+        # name -> (last epoch that said goodbye, when): stragglers of that epoch are
+        # ignored; forgotten after REMEMBER_HOLD_TIMES (epochs never go back).
+        self.departed: dict[str, tuple[int, float]] = {}
+        # name -> (why, when) for peers that went away (shown as down, not forgotten).
+        self.gone: dict[str, tuple[str, float]] = {}
+        self.contested: set[Address] = set()  # our local claims a peer's claim touched
         self.frozen = False
         self.counters = Counters()
         self.echoed: dict[Address, ClaimRecord] = {}  # our own claims, as peers hold them
@@ -114,6 +157,9 @@ class ClaimTable:
         self._remembered: dict[str, tuple[float, tuple[ClaimRecord, ...]]] = {}
         self._by_address: dict[Address, Holders] = {}
         self._dirty: set[Address] = set()
+        self._refusal_log: dict[tuple[str, str], tuple[float, int]] = {}
+        self.hops_seen: set[Address] = set()  # every next hop announced since we started
+        self.overdue = False  # a peer's hold time ran out but we could not hear since
 
     # --- local claims -----------------------------------------------------------
 
@@ -134,11 +180,18 @@ class ClaimTable:
     # --- bus messages -----------------------------------------------------------
 
     def apply(self, message: Message, now: float) -> Reaction:
-        """Apply one validated message from a peer (never from ourselves)."""
+        """Apply one validated message from a peer (never from ourselves).
+
+        ``now`` is when the message arrived (monotonic): liveness is judged on
+        arrival, not on when the agent got round to it.
+        """
         header = message.header
         if header.origin == self.self_name:
             return NOTHING
-        if header.epoch <= self.departed.get(header.origin, -1):
+        if not self.clock.plausible(header.epoch):
+            self._refused(header.origin, EPOCH_AHEAD, f"epoch {header.epoch}", now)
+            return NOTHING
+        if header.epoch <= self.departed.get(header.origin, (-1, 0.0))[0]:
             self.counters.stale += 1
             return NOTHING
         if isinstance(message, Goodbye):
@@ -147,18 +200,19 @@ class ClaimTable:
         if peer is None:
             self.counters.stale += 1
             return NOTHING
-        peer.last_seen = now
+        peer.last_seen = max(peer.last_seen, now)
+        self._observe_clock(peer, header, now)
         if isinstance(message, Snapshot | Delta):
             peer.max_seq = max(peer.max_seq, header.seq)
         if isinstance(message, Snapshot):
-            self._apply_snapshot(peer, message)
+            self._apply_snapshot(peer, message, now)
             self._keep_echo(message.echo)
             return NOTHING
         if isinstance(message, Delta):
-            self._apply_delta(peer, message)
+            self._apply_delta(peer, message, now)
             return NOTHING if peer.synced else Reaction(request_sync_from=peer.name)
         if isinstance(message, Heartbeat):
-            return self._apply_heartbeat(peer, message)
+            return self._apply_heartbeat(peer, message, now)
         if isinstance(message, SyncRequest):
             if message.target is None:
                 return Reaction(send_snapshot_to=peer.name)
@@ -166,11 +220,25 @@ class ClaimTable:
                 return Reaction(send_snapshot_to=peer.name)
         return NOTHING
 
+    def note_arrival(self, name: str, at: float) -> None:
+        """A message of ``name`` reached our bus at ``at`` (not yet processed)."""
+        peer = self.peers.get(name)
+        if peer is not None and at > peer.last_seen:
+            peer.last_seen = at
+
+    def _observe_clock(self, peer: PeerView, header: Header, now: float) -> None:
+        clock = self.clock
+        if header.sent_ms is not None:
+            peer.offset.add(header.sent_ms, clock.wall())
+        if header.clock is not None and not clock.merge(header.clock):
+            self._refused(peer.name, CLOCK_AHEAD, f"clock {header.clock}", now)
+
     def _peer_for(self, header: Header, now: float) -> PeerView | None:
         peer = self.peers.get(header.origin)
         if peer is None:
             peer = PeerView(name=header.origin, epoch=header.epoch, last_seen=now)
             self.peers[header.origin] = peer
+            self.gone.pop(header.origin, None)
             log.info("peer %s up (epoch %s)", header.origin, header.epoch)
             return peer
         if header.epoch < peer.epoch:
@@ -184,20 +252,23 @@ class ClaimTable:
             peer.synced = False
         return peer
 
-    def _apply_snapshot(self, peer: PeerView, snap: Snapshot) -> None:
+    def _apply_snapshot(self, peer: PeerView, snap: Snapshot, now: float) -> None:
         seq = snap.header.seq
         if seq <= peer.snapshot_seq:
             self.counters.stale += 1
             return
-        peer.next_hop, peer.next_hop6 = snap.next_hop, snap.next_hop6
+        self._set_hops(peer, snap.next_hop, snap.next_hop6, now)
         newer = {a for a, v in peer.versions.items() if v > seq}
         incoming = {r.address: r for r in snap.claims if r.address not in newer}
         for address in list(peer.claims.records):
             if address not in incoming and address not in newer:
                 self._peer_set(peer, address, None)
-        peer.refused = {a for a in peer.refused if a in newer}
+        for address in list(peer.refused.records):
+            if address not in newer:
+                peer.refused.remove(address)
+        peer.refused_overflow = peer.over_cap = False
         for address in sorted(incoming, key=address_key):
-            self._admit_and_set(peer, incoming[address])
+            self._admit_and_set(peer, incoming[address], now)
         peer.versions = {a: v for a, v in peer.versions.items() if v > seq}
         peer.snapshot_seq = seq
         peer.synced = True
@@ -217,7 +288,7 @@ class ClaimTable:
         records = peer.claims.records
         return tuple(records[a] for a in sorted(records, key=address_key))
 
-    def _apply_delta(self, peer: PeerView, delta: Delta) -> None:
+    def _apply_delta(self, peer: PeerView, delta: Delta, now: float) -> None:
         seq = delta.header.seq
         address = delta.address
         if seq <= peer.snapshot_seq or seq <= peer.versions.get(address, -1):
@@ -225,13 +296,13 @@ class ClaimTable:
             return
         peer.versions[address] = seq
         if delta.claim is None:
-            peer.refused.discard(address)
+            peer.refused.remove(address)
             self._peer_set(peer, address, None)
         else:
-            self._admit_and_set(peer, delta.claim)
+            self._admit_and_set(peer, delta.claim, now)
 
-    def _apply_heartbeat(self, peer: PeerView, beat: Heartbeat) -> Reaction:
-        peer.next_hop, peer.next_hop6 = beat.next_hop, beat.next_hop6
+    def _apply_heartbeat(self, peer: PeerView, beat: Heartbeat, now: float) -> Reaction:
+        self._set_hops(peer, beat.next_hop, beat.next_hop6, now)
         if peer.synced and self._view_differs(peer, beat):
             log.info("peer %s: our view differs from its digest, asking for a snapshot", peer.name)
             peer.synced = False
@@ -243,37 +314,126 @@ class ClaimTable:
             return True  # a snapshot or delta never reached us
         if beat.count != len(peer.claims) + len(peer.refused):
             return True
-        return not peer.refused and beat.digest != peer.claims.digest
+        if peer.refused_overflow or peer.over_cap:
+            # Quarantined: we did not keep everything it sent, so no digest can match
+            # and asking again would only bring the same flood.
+            return False
+        return beat.digest != peer.claims.digest_with(peer.refused)
+
+    # --- next hops --------------------------------------------------------------
+
+    def _set_hops(
+        self, peer: PeerView, hop4: Address | None, hop6: Address | None, now: float
+    ) -> None:
+        """Admit the next hops a peer announces; a change re-routes its addresses at once."""
+        if peer.announced_hops == (hop4, hop6) and peer.hop_problem is None:
+            return
+        peer.announced_hops = (hop4, hop6)
+        problems = [p for p in (self._hop_problem(peer, h) for h in (hop4, hop6)) if p]
+        admitted = tuple(
+            h if h is not None and self._hop_problem(peer, h) is None else None
+            for h in (hop4, hop6)
+        )
+        if problems and problems[0] != peer.hop_problem:
+            self._refused(peer.name, BAD_NEXT_HOP, "; ".join(problems), now)
+        peer.hop_problem = problems[0] if problems else None
+        self.hops_seen.update(h for h in (hop4, hop6) if h is not None)
+        if admitted != (peer.next_hop, peer.next_hop6):
+            if peer.next_hop is not None or peer.next_hop6 is not None:
+                old = _hops_text(peer.next_hop, peer.next_hop6)
+                log.info("peer %s: next hops %s -> %s", peer.name, old, _hops_text(*admitted))
+            peer.next_hop, peer.next_hop6 = admitted
+            self._dirty.update(peer.claims.records)  # routes follow the new hop now
+
+    def _hop_problem(self, peer: PeerView, hop: Address | None) -> str | None:
+        if hop is None:
+            return None
+        if self.backbone_networks and not any(hop in net for net in self.backbone_networks):
+            return f"next hop {hop} is outside backbone_networks"
+        if self.allowed(hop):
+            return f"next hop {hop} is inside client_networks"
+        if hop in self.reserved_hops:
+            return f"next hop {hop} is ours or the broker's"
+        for other in self.peers.values():
+            if other is not peer and hop in (other.next_hop, other.next_hop6):
+                return f"next hop {hop} is already peer {other.name}'s"
+        if hop in self._by_address:
+            return f"next hop {hop} is a client's address"
+        return None
 
     def _goodbye(self, header: Header, now: float) -> Reaction:
         peer = self.peers.get(header.origin)
         if peer is not None and header.epoch >= peer.epoch:
             log.info("peer %s said goodbye (epoch %s)", peer.name, header.epoch)
-            self._drop_peer(peer, now)
-        self.departed[header.origin] = max(header.epoch, self.departed.get(header.origin, -1))
+            self._drop_peer(peer, now, "said goodbye")
+        last = self.departed.get(header.origin, (-1, now))[0]
+        self.departed[header.origin] = (max(header.epoch, last), now)
         return NOTHING
 
-    def _admit_and_set(self, peer: PeerView, record: ClaimRecord) -> None:
-        """Store a peer's claim if it is inside the client networks and under the cap."""
+    def _admit_and_set(self, peer: PeerView, record: ClaimRecord, now: float) -> None:
+        """Store a peer's claim if policy admits it; else keep it apart as refused."""
         address = record.address
-        known = address in peer.claims.records
-        if self.allowed(address) and (known or len(peer.claims) < self.max_claims_per_peer):
-            peer.refused.discard(address)
+        reason = self._claim_problem(peer, record)
+        if reason is None:
+            peer.refused.remove(address)
             self._peer_set(peer, address, record)
+            self.clock.merge(record.stamp)
             return
-        if known:
+        if address in peer.claims.records:
             self._peer_set(peer, address, None)
-        if address not in peer.refused:
-            peer.refused.add(address)
+        if reason == OVER_CAP and not peer.over_cap:
+            peer.over_cap = True
+            log.warning("peer %s: over max_claims_per_peer (%d): quarantined, further "
+                        "claims refused", peer.name, self.max_claims_per_peer)  # fmt: skip
+        known = peer.refused.records.get(address)
+        if known != record:
+            if len(peer.refused) < self.max_claims_per_peer or known is not None:
+                peer.refused.set(record)
+            else:
+                peer.refused_overflow = True
             self.counters.refused_claims += 1
-            log.warning(
-                "peer %s: refused claim for %s (client %s): %s", peer.name, address,
-                record.common_name,
-                "outside client_networks" if not self.allowed(address) else "per-peer cap",
-            )  # fmt: skip
+            self._refused(peer.name, reason, f"claim for {address} ({record.common_name})", now)
+
+    def _claim_problem(self, peer: PeerView, record: ClaimRecord) -> str | None:
+        if not self.allowed(record.address):
+            return OUTSIDE_NETWORKS
+        clock = self.clock
+        if not (clock.plausible(record.stamp) and clock.plausible(record.connected_since * 1000)):
+            return STAMP_AHEAD
+        known = record.address in peer.claims.records
+        if not known and len(peer.claims) >= self.max_claims_per_peer:
+            return OVER_CAP
+        return None
+
+    def _refused(self, peer: str, reason: str, what: str, now: float) -> None:
+        """Count a refusal by reason; log it, at most once a minute per peer and reason."""
+        self.counters.refuse(reason)
+        key = (peer, reason)
+        last, suppressed = self._refusal_log.get(key, (-math.inf, 0))
+        if now - last < REFUSAL_LOG_INTERVAL:
+            self._refusal_log[key] = (last, suppressed + 1)
+            return
+        more = f" (and {suppressed} more since the last report)" if suppressed else ""
+        log.warning("peer %s: refused %s: %s%s", peer, what, _REASON_TEXT[reason], more)
+        self._refusal_log[key] = (now, 0)
 
     def allowed(self, address: Address) -> bool:
         return any(address in net for net in self.client_networks)
+
+    def set_policy(
+        self, client_networks: Iterable[Network], max_claims_per_peer: int, now: float
+    ) -> None:
+        """New client networks or cap (SIGHUP): re-judge every peer's claims.
+
+        Claims now outside are withdrawn (kept as refused); refused ones now inside
+        are admitted, so that widening the networks needs no peer to resend.
+        """
+        self.client_networks = tuple(client_networks)
+        self.max_claims_per_peer = max_claims_per_peer
+        for peer in list(self.peers.values()):
+            records = list(peer.claims.records.values()) + list(peer.refused.records.values())
+            for record in sorted(records, key=lambda r: address_key(r.address)):
+                self._admit_and_set(peer, record, now)
 
     # --- liveness ---------------------------------------------------------------
 
@@ -291,13 +451,22 @@ class ClaimTable:
         for peer in self.peers.values():
             peer.last_seen = now
 
-    def expire(self, now: float) -> list[str]:
-        """Drop peers silent for longer than the hold time; return their names."""
+    def expire(self, now: float, heard_until: float = math.inf) -> list[str]:
+        """Drop peers silent for longer than the hold time; return their names.
+
+        ``heard_until`` is when our own messages last came back through the broker:
+        a peer is dead only if its deadline passed while we could hear (a silent
+        cut of our own link must not look like every peer dying).
+        """
         if self.frozen:
             return []
         forget = now - REMEMBER_HOLD_TIMES * self.hold_time
         self._remembered = {n: r for n, r in self._remembered.items() if r[0] >= forget}
-        dead = [p for p in self.peers.values() if now - p.last_seen > self.hold_time]
+        self.departed = {n: d for n, d in self.departed.items() if d[1] >= forget}
+        self.gone = {n: g for n, g in self.gone.items() if g[1] >= forget}
+        overdue = [p for p in self.peers.values() if now - p.last_seen > self.hold_time]
+        dead = [p for p in overdue if heard_until >= p.last_seen + self.hold_time]
+        self.overdue = len(overdue) > len(dead)
         for peer in dead:
             log.warning(
                 "peer %s expired: silent for %.1fs (hold time %.1fs), dropping %d claim(s)",
@@ -305,15 +474,16 @@ class ClaimTable:
             )  # fmt: skip
             # Not marked departed: a peer that was only cut off comes back with the
             # same epoch and is relearned from its next snapshot.
-            self._drop_peer(peer, now)
+            self._drop_peer(peer, now, "expired")
             self.counters.expired_peers += 1
         return [p.name for p in dead]
 
-    def _drop_peer(self, peer: PeerView, now: float) -> None:
+    def _drop_peer(self, peer: PeerView, now: float, why: str) -> None:
         self._remembered[peer.name] = (now, self.held_for(peer.name))
         for address in list(peer.claims.records):
             self._peer_set(peer, address, None)
         del self.peers[peer.name]
+        self.gone[peer.name] = (why, now)
 
     # --- winners and routes -----------------------------------------------------
 
@@ -335,8 +505,12 @@ class ClaimTable:
         elif isinstance(holders, str):  # a second holder: contested from now on
             first = self._records_of(holders)[address]
             self._by_address[address] = {holders: first, owner: record}
+            if self.self_name in (owner, holders):
+                self.contested.add(address)
         else:
             holders[owner] = record
+            if self.self_name in holders:
+                self.contested.add(address)
         self._dirty.add(address)
 
     def _unindex(self, owner: str, address: Address, holders: Holders | None) -> None:
@@ -427,6 +601,20 @@ class ClaimTable:
         """Addresses whose claims changed since the last call."""
         dirty, self._dirty = self._dirty, set()
         return dirty
+
+
+_REASON_TEXT = {
+    OUTSIDE_NETWORKS: "outside client_networks",
+    OVER_CAP: "over max_claims_per_peer",
+    STAMP_AHEAD: "stamped further ahead than max_clock_skew allows",
+    EPOCH_AHEAD: "epoch further ahead than max_clock_skew allows (message dropped)",
+    CLOCK_AHEAD: "clock further ahead than max_clock_skew allows (not merged)",
+    BAD_NEXT_HOP: "no route goes toward it",
+}
+
+
+def _hops_text(hop4: Address | None, hop6: Address | None) -> str:
+    return ", ".join(str(h) for h in (hop4, hop6) if h is not None) or "none"
 
 
 def _order_key(item: tuple[str, ClaimRecord]) -> tuple[int, str]:

@@ -2,17 +2,21 @@
 
 Built on the agent's own thread (see :meth:`meshroute.agent.Agent.query`), so each
 view is one consistent moment. Field names are part of the CLI's ``--json``
-contract: add fields, never rename them.
+contract (documented in docs/cli.md): add fields, never rename or retype them; a
+change that breaks readers bumps ``SCHEMA``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from meshroute.model import address_key
+from meshroute.model import Address, ClaimRecord, address_key
 
 if TYPE_CHECKING:
     from meshroute.agent import Agent
+
+SCHEMA = 1
 
 
 def table_view(agent: Agent) -> dict[str, Any]:
@@ -39,14 +43,38 @@ def table_view(agent: Agent) -> dict[str, Any]:
                 "local": local,
                 "installed": installed is not None and installed == hop,
                 "claimants": sorted(table.claims_for(address)),
+                **_contest(address, claim.owner, table.claims_for(address)),
             }
         )
-    return {"agent": core.name, "epoch": core.epoch, "claims": rows}
+    return {"schema": SCHEMA, "agent": core.name, "epoch": core.epoch, "claims": rows}
+
+
+def _contest(address: Address, winner: str, claims: Mapping[str, ClaimRecord]) -> dict[str, Any]:
+    """Every claimant (the winner first, then by stamp) and why the winner won."""
+    ordered = sorted(claims.items(), key=lambda kv: (kv[0] != winner, -kv[1].stamp, kv[0]))
+    detail = [
+        {"owner": owner, "common_name": r.common_name, "connected_since": r.connected_since,
+         "stamp": r.stamp, "winner": owner == winner}
+        for owner, r in ordered
+    ]  # fmt: skip
+    return {"all_claims": detail, "why": _why(ordered)}
+
+
+def _why(ordered: list[tuple[str, ClaimRecord]]) -> str:
+    if len(ordered) == 1:
+        return "the only claimant"
+    (first, won), (second, lost) = ordered[0], ordered[1]
+    if won.stamp > lost.stamp:
+        return f"latest session: stamp {won.stamp} > {lost.stamp} of {second}"
+    if won.stamp == lost.stamp and first > second:
+        return f"same stamp as {second}; the higher owner name breaks the tie"
+    return "chosen by the winner rule (docs/design.md)"
 
 
 def peers_view(agent: Agent) -> dict[str, Any]:
     now = agent.clock.monotonic()
     table = agent.core.table
+    history = record_peers(agent)
     peers = []
     for name in sorted(table.peers):
         peer = table.peers[name]
@@ -57,15 +85,43 @@ def peers_view(agent: Agent) -> dict[str, Any]:
                 "next_hop6": None if peer.next_hop6 is None else str(peer.next_hop6),
                 "epoch": peer.epoch,
                 "last_seen": round(now - peer.last_seen, 3),
+                "last_seen_at": history.peers[name].last_seen_wall,
                 "claims": len(peer.claims),
                 "refused": len(peer.refused),
+                "quarantined": peer.over_cap,
+                "next_hop_problem": peer.hop_problem,
+                "clock_offset_ms": peer.offset.offset_ms,
                 "state": "up" if peer.synced else "syncing",
                 "expires_in": None
                 if table.frozen
                 else round(max(0.0, table.hold_time - (now - peer.last_seen)), 3),
             }
         )
-    return {"agent": agent.core.name, "frozen": table.frozen, "peers": peers}
+    wall = agent.clock.wall_ms() / 1000
+    gone = [
+        {"name": r.name, "next_hop": None, "next_hop6": None, "epoch": None,
+         "last_seen": round(max(0.0, wall - r.last_seen_wall), 3),
+         "last_seen_at": r.last_seen_wall, "claims": 0, "refused": 0,
+         "quarantined": False, "next_hop_problem": None, "clock_offset_ms": None,
+         "state": f"down ({r.gone})", "expires_in": None}
+        for r in history.rows() if not r.up
+    ]  # fmt: skip
+    return {"schema": SCHEMA, "agent": agent.core.name, "frozen": table.frozen,
+            "peers": peers + gone}  # fmt: skip
+
+
+def record_peers(agent: Agent):
+    """Update the agent's peer history from its table (on the agent thread)."""
+    table, history = agent.core.table, agent.stats.peer_history
+    live = {name: (peer.last_seen, len(peer.claims)) for name, peer in table.peers.items()}
+    history.update(live, table.departed, agent.clock.wall_ms() / 1000, agent.clock.monotonic())
+    return history
+
+
+def silent_for(agent: Agent) -> float | None:
+    """Seconds since any peer was last heard; None when no peer was ever known."""
+    last = record_peers(agent).last_heard_wall()
+    return None if last is None else max(0.0, agent.clock.wall_ms() / 1000 - last)
 
 
 def health_view(agent: Agent) -> dict[str, Any]:
@@ -77,10 +133,26 @@ def health_view(agent: Agent) -> dict[str, Any]:
 
     broker = bool(agent.bus.connected)
     polling = stats.last_poll_error is None and stats.polls_ok > 0
+    silence = silent_for(agent)
+    # Peers were known and none has been heard for the hold time: this agent is
+    # cut off (or alone) although the broker connection looks fine.
+    peers_silent = silence is not None and silence > table.hold_time
+    isolated = core.isolated(now) if broker else None
+    problems = [text for bad, text in (
+        (not broker, "not connected to the broker"),
+        (isolated is not None, f"isolated: {isolated}"),
+        (not polling, "OpenVPN status poll not working"),
+        (bool(stats.route_errors), "routes failed"),
+        (peers_silent, "no peer heard for longer than the hold time"),
+    ) if bad]  # fmt: skip
     return {
+        "schema": SCHEMA,
         "agent": core.name,
         "epoch": core.epoch,
-        "ok": broker and polling and not stats.route_errors,
+        "ok": not problems,
+        "problems": problems,
+        "warnings": _warnings(agent),
+        "peers_silent_for": None if silence is None else round(silence, 3),
         "uptime": round(now - stats.started_at, 3),
         "broker_connected": broker,
         "frozen": table.frozen,
@@ -102,10 +174,42 @@ def health_view(agent: Agent) -> dict[str, Any]:
             "internal_errors": stats.internal_errors,
             "stale_messages": table.counters.stale,
             "refused_claims": table.counters.refused_claims,
+            "refusals": dict(table.counters.refusals),
             "expired_peers": table.counters.expired_peers,
             "ignored_local_addresses": stats.ignored_local,
             "applies": stats.applies,
             "apply_failures": stats.apply_failures,
             "full_resyncs": stats.full_resyncs,
         },
+        "hooks": hook_counters(stats.hooks),
     }
+
+
+def _warnings(agent: Agent) -> list[str]:
+    """What an operator should look at although routing works: broken clocks, peers
+    quarantined or with a refused next hop."""
+    table, limit = agent.core.table, agent.core.settings.clock_offset_warning
+    found = []
+    for name in sorted(table.peers):
+        peer = table.peers[name]
+        offset = peer.offset.offset_ms
+        if offset is not None and abs(offset) > limit * 1000:
+            found.append(
+                f"peer {name}'s clock is {offset / 1000:+.3f}s off ours "
+                f"(clock_offset_warning {limit:g}s)"
+            )
+        if peer.over_cap:
+            found.append(f"peer {name} quarantined: over max_claims_per_peer")
+        if peer.hop_problem:
+            found.append(f"peer {name}: {peer.hop_problem}")
+    return found
+
+
+def hook_counters(hooks: Any) -> dict[str, Any]:
+    """The hook receiver's counters (zeros when no receiver runs, as in tests)."""
+    if hooks is None:
+        return {"received": 0, "delivered": 0, "ignored": 0, "bad": 0, "handler_errors": 0,
+                "bad_by_reason": {}}  # fmt: skip
+    return {"received": hooks.received, "delivered": hooks.delivered,
+            "ignored": hooks.ignored, "bad": hooks.bad, "handler_errors": hooks.handler_errors,
+            "bad_by_reason": dict(hooks.bad_by_reason)}  # fmt: skip

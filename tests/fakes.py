@@ -31,24 +31,42 @@ CLIENT_HEADER = (
 )
 
 
+ROUTING_HEADER = (
+    "HEADER\tROUTING_TABLE\tVirtual Address\tCommon Name\tReal Address\tLast Ref\tLast Ref (time_t)"
+)
+
+
 @dataclass(frozen=True)
 class FakeSession:
+    """One client session. ``live`` True: the client keeps sending (Last Ref is "now"
+    whenever the status is rendered); False: Last Ref stays at ``since`` (a stale
+    session whose client moved away); None: no ROUTING_TABLE row (no evidence)."""
+
     common_name: str
     address: str
     since: int
     address6: str = ""
+    live: bool | None = None
 
 
-def render_status(sessions: Iterable[FakeSession]) -> str:
-    """A ``status 3`` document as OpenVPN 2.6 writes it (CRLF line ends)."""
-    now = int(time.time())
+def render_status(sessions: Iterable[FakeSession], clock_offset: int = 0) -> str:
+    """A ``status 3`` document as OpenVPN 2.6 writes it (CRLF line ends), on a server
+    whose clock is ``clock_offset`` seconds off."""
+    now = int(time.time()) + clock_offset
     lines = ["TITLE\tOpenVPN 2.6.14 x86_64-pc-linux-gnu", f"TIME\t-\t{now}", CLIENT_HEADER]
+    routes = [ROUTING_HEADER]
     for i, s in enumerate(sessions):
+        real = f"198.51.100.{i + 2}:1194"
         lines.append(
-            f"CLIENT_LIST\t{s.common_name}\t198.51.100.{i + 2}:1194\t{s.address}\t{s.address6}"
+            f"CLIENT_LIST\t{s.common_name}\t{real}\t{s.address}\t{s.address6}"
             f"\t100\t100\t-\t{s.since}\tUNDEF\t{i}\t{i}\tAES-256-GCM"
         )
-    lines += ["GLOBAL_STATS\tMax bcast/mcast queue length\t0", "END", ""]
+        if s.live is None:
+            continue
+        last_ref = now if s.live else s.since
+        for address in filter(None, (s.address, s.address6)):
+            routes.append(f"ROUTING_TABLE\t{address}\t{s.common_name}\t{real}\t-\t{last_ref}")
+    lines += [*routes, "GLOBAL_STATS\tMax bcast/mcast queue length\t0", "END", ""]
     return "\r\n".join(lines)
 
 
@@ -58,7 +76,7 @@ class FakeManagement:
 
     listener: socket.socket
     password: str | None = None
-    status: str = STATUS
+    status: str | Callable[[], str] = STATUS  # a callable is rendered at every request
     delay: float = 0.0  # before every answer
     old_style_bad_password: bool = False
     notify_mid_status: bool = False
@@ -110,7 +128,7 @@ class FakeManagement:
         return False
 
     def _status(self, conn: socket.socket) -> None:
-        body = self.status.encode()
+        body = (self.status() if callable(self.status) else self.status).encode()
         if self.notify_mid_status:
             cut = body.index(b"HEADER\tROUTING")
             body = body[:cut] + b">BYTECOUNT_CLI:0,100,200\r\n" + body[cut:]

@@ -93,7 +93,7 @@ class World:
             next_hop=hop4,
             next_hop6=hop6,
         )
-        core = AgentCore(settings, epoch=self.clock.wall_ms())
+        core = AgentCore(settings, epoch=self.clock.wall_ms(), wall_clock=self.clock.wall_ms)
         self.agents[name] = core
         now = self.clock.monotonic()
         core.start(now)

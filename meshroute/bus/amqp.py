@@ -54,6 +54,7 @@ import pika.exceptions
 import tenacity
 from pika.adapters.select_connection import SelectConnection
 
+from meshroute import __version__
 from meshroute.bus.base import BusHandler, Envelope
 
 log = logging.getLogger(__name__)
@@ -167,6 +168,7 @@ class AmqpBus:
         self._stop_deadline = 0.0
         self._thread: threading.Thread | None = None
         self._handler: BusHandler | None = None
+        self._conn: SelectConnection | None = None
         self._attempt = 0
         self._reset_session()
 
@@ -223,7 +225,7 @@ class AmqpBus:
                 wait=tenacity.wait_exponential(multiplier=0.2, max=5)
                 + tenacity.wait_random(0, 0.1),
                 stop=tenacity.stop_when_event_set(self._stopping),
-                sleep=self._stopping.wait,
+                sleep=self._sleep,
                 retry=tenacity.retry_if_exception_type(_SessionFailed),
                 reraise=True,
             )
@@ -231,6 +233,9 @@ class AmqpBus:
                 retrying(self._session)
             except _SessionFailed:
                 return  # stopping while the broker is unreachable
+
+    def _sleep(self, seconds: float) -> None:
+        self._stopping.wait(seconds)  # a stop ends the back-off at once
 
     def _session(self) -> None:
         if self._stopping.is_set():
@@ -262,7 +267,7 @@ class AmqpBus:
 
     def _reset_session(self, index: int = 0) -> None:
         self._index = index
-        self._conn: SelectConnection | None = None
+        self._conn = None
         self._channel = None
         self._ready = False
         self._ready_since: float | None = None
@@ -277,8 +282,12 @@ class AmqpBus:
         conn.channel(on_open_callback=self._on_channel_open)
 
     def _on_open_error(self, conn: SelectConnection, error: BaseException) -> None:
-        log.info("%s: cannot connect to %s: %s", self.name, self._urls[self._index],
-                 _reason(error))  # fmt: skip
+        reason, level = _reason(error), logging.INFO
+        if _permanent(error):  # refused login, wrong vhost: only an operator fixes that,
+            # so it is said once at ERROR (retries go on, at DEBUG, until it is fixed)
+            repeat = reason == getattr(self, "_permanent_error", None)
+            level, self._permanent_error = (logging.DEBUG if repeat else logging.ERROR), reason
+        log.log(level, "%s: cannot connect to %s: %s", self.name, self._urls[self._index], reason)
         conn.ioloop.stop()
 
     def _on_channel_open(self, channel) -> None:
@@ -366,6 +375,8 @@ class AmqpBus:
         conn.ioloop.stop()
 
     def _notify(self, up: bool) -> None:
+        if self._handler is None:
+            return
         try:
             self._handler.on_connection(up)
         except Exception:
@@ -387,6 +398,8 @@ class AmqpBus:
             message_id=props.message_id,
             received_at=time.monotonic(),
         )
+        if self._handler is None:  # start() sets it before any connection exists
+            return
         try:
             self._handler.on_message(envelope)
         except Exception:  # a handler bug must not kill the I/O thread
@@ -497,7 +510,11 @@ def _parameters(
     params = pika.URLParameters(url)
     if not params.credentials.username:
         raise ValueError(f"broker URL {mask_url(url)} names no user (needed for user_id)")
-    params.client_properties = {"connection_name": f"meshroute agent {name}"}
+    params.client_properties = {
+        "connection_name": f"meshroute agent {name}",
+        "product": "meshroute",
+        "version": __version__,
+    }
     params.heartbeat = heartbeat
     params.connection_attempts = 1
     params.socket_timeout = timeout
@@ -543,6 +560,29 @@ def _advice(reason: BaseException, queue: str) -> str:
             "meshroute; deleting it and retrying)"
         )
     return ""
+
+
+_PERMANENT = (
+    pika.exceptions.ProbableAuthenticationError,
+    pika.exceptions.ProbableAccessDeniedError,
+    pika.exceptions.AuthenticationError,
+)
+
+
+def _permanent(exc: BaseException) -> bool:
+    """A refusal by the broker (login, vhost access) rather than a network problem."""
+    error: BaseException | None = exc
+    for _ in range(5):
+        if error is None:
+            return False
+        if isinstance(error, _PERMANENT):
+            return True
+        if isinstance(error, pika.exceptions.ConnectionClosedByBroker):
+            return error.reply_code in (403, 530)  # ACCESS_REFUSED, NOT_ALLOWED (vhost)
+        inner = getattr(error, "exceptions", None)
+        nested = error.args[0] if error.args else None
+        error = inner[-1] if inner else nested if isinstance(nested, BaseException) else None
+    return False
 
 
 def _reason(error: BaseException) -> str:

@@ -287,7 +287,7 @@ def _address(family: int, raw: bytes) -> Address:
         return ipaddress.IPv4Address(raw)
     if len(raw) == 16:
         return ipaddress.IPv6Address(raw)
-    return UNSPECIFIED[family]
+    return UNSPECIFIED[family]  # type: ignore[index,return-value]  # AF_* are ints
 
 
 def _network(family: int, dst: bytes, dst_len: int) -> Network:

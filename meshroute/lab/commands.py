@@ -62,14 +62,18 @@ def lab() -> None:
 @click.option("--brokers", default=1, show_default=True, type=click.IntRange(1, MAX_BROKERS),
               help="RabbitMQ nodes; more than 1 makes a cluster b1..bK.")  # fmt: skip
 @click.option("--timeout", default=90.0, show_default=True, help="Seconds to wait for it all.")
-def up(prefix: str, servers: int, clients: int, brokers: int, timeout: float) -> None:
+@click.option("--hooks", type=click.Choice(["auto", "plugin", "script"]), default="auto",
+              show_default=True,
+              help="OpenVPN -> agent events: the C plugin, the script hooks, or auto "
+                   "(the plugin when it is built).")  # fmt: skip
+def up(prefix: str, servers: int, clients: int, brokers: int, timeout: float, hooks: str) -> None:
     """Build the lab and return once every agent has converged."""
     from meshroute.lab.status import lab_status, render_where
 
     the_lab = _lab(prefix)
     logging.getLogger("meshroute.lab.lab").setLevel(logging.INFO)  # progress on stderr
     try:
-        took = the_lab.up(servers, clients, timeout, brokers=brokers)
+        took = the_lab.up(servers, clients, timeout, hooks, brokers=brokers)
     except Exception as exc:  # whatever failed, say where the logs are and how to clean up
         click.echo(f"error: lab up failed: {exc}", err=True)
         if the_lab.paths.root.exists():
@@ -144,14 +148,17 @@ def move(prefix: str, client: str, server: str, no_wait: bool) -> None:
 
 @lab.command()
 @_prefix
-@click.argument("action", type=click.Choice(["stop", "kill", "restart", "start"]))
+@click.argument("action", type=click.Choice(["stop", "kill", "restart", "start", "leave"]))
 @click.argument("server")
 def agent(prefix: str, action: str, server: str) -> None:
-    """stop (SIGTERM, goodbye), kill (SIGKILL), restart (SIGUSR1 + start), start."""
+    """stop (SIGTERM, no goodbye), kill (SIGKILL), restart (SIGUSR1 + start), start,
+    leave (`meshroute leave`: goodbye, peers withdraw at once)."""
     from meshroute.lab.lab import LabError
 
     the_lab = _lab(prefix)
     try:
+        if action == "leave":
+            click.echo(f"agent {server} (pid {the_lab.leave_agent(server)}): left")
         if action in AGENT_SIGNALS:
             pid = the_lab.signal_agent(server, AGENT_SIGNALS[action])
             click.echo(f"agent {server} (pid {pid}): {action}")

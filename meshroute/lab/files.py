@@ -24,8 +24,8 @@ from pathlib import Path
 from meshroute.lab import topology as topo
 from meshroute.lab.openvpn_conf import (
     ClientConf,
-    HookCommand,
     ServerConf,
+    choose_hook,
     render_client_config,
     render_server_config,
 )
@@ -91,8 +91,11 @@ def write_secret(path: Path, text: str) -> None:
         f.write(text)
 
 
-def write_server(paths: LabPaths, plan: LabPlan, server: ServerPlan, pki: Pki, pw: str) -> None:
-    """The server's config, its client-config-dir (sticky addresses), its password."""
+def write_server(
+    paths: LabPaths, plan: LabPlan, server: ServerPlan, pki: Pki, pw: str, hooks: str = "auto"
+) -> None:
+    """The server's config, its client-config-dir (sticky addresses), its password.
+    ``hooks``: plugin, script or auto (the plugin when built; see choose_hook)."""
     write_secret(paths.mgmt_password(server.name), pw + "\n")
     ccd = paths.ccd(server.name)
     ccd.mkdir(parents=True, exist_ok=True)
@@ -112,7 +115,7 @@ def write_server(paths: LabPaths, plan: LabPlan, server: ServerPlan, pki: Pki, p
         tls_crypt=pki.tls_crypt_key,
         management=MgmtEndpoint.unix(paths.mgmt_socket(server.name)),
         management_password_file=paths.mgmt_password(server.name),
-        hook=HookCommand.fast(paths.hook_socket(server.name)),
+        hook=choose_hook(hooks, paths.hook_socket(server.name)),
         status_file=paths.node(server.name) / "status.txt",
         # tmp-dir: client-connect's temp files stay inside the lab directory, which
         # `down` removes, even if OpenVPN is killed in the middle of a connect.
@@ -182,6 +185,7 @@ def write_agent(
         "openvpn_mgmt_pass_file": str(paths.mgmt_password(server.name)),
         "control_socket": str(paths.control_socket(server.name)),
         "hook_socket": str(paths.hook_socket(server.name)),
+        "state_dir": str(paths.agent_conf(server.name).parent),
         "announce_interval": timings.announce_interval,
         "hold_time": timings.hold_time,
         "status_poll_interval": timings.status_poll_interval,

@@ -42,6 +42,7 @@ from meshroute.lab.files import (
     write_secret,
     write_server,
 )
+from meshroute.lab.openvpn_conf import choose_hook
 from meshroute.lab.pki import CertKey, Pki, make_pki
 from meshroute.lab.rabbitmq import ClusterSpec, RabbitNode, join_cluster
 from meshroute.lab.state import LabState, LabStore
@@ -152,10 +153,23 @@ class Lab:
 
     # --- up ---------------------------------------------------------------------------
 
-    def up(self, servers: int, clients: int, timeout: float = 90.0, brokers: int = 1) -> float:
-        """Build and start everything; return the seconds it took to converge."""
+    def up(
+        self,
+        servers: int,
+        clients: int,
+        timeout: float = 90.0,
+        hooks: str = "auto",
+        brokers: int = 1,
+    ) -> float:
+        """Build and start everything; return the seconds it took to converge.
+        ``hooks``: how OpenVPN hands events to the agents (plugin, script, auto);
+        ``brokers``: RabbitMQ nodes (more than one: a cluster b1..bK)."""
         started = time.monotonic()
         plan = make_plan(self.prefix, servers, clients, brokers)
+        try:  # refuse a missing plugin before making anything
+            choose_hook(hooks, self.paths.root)
+        except ValueError as exc:
+            raise LabError(str(exc)) from None
         found = self.leftovers()
         if found:
             raise LabError(
@@ -174,7 +188,7 @@ class Lab:
             nodes = self.brokers(plan)
             booting = [pool.submit(node.start, 90.0) for node in nodes]
             pki = make_pki(self.paths.pki, list(plan.server_names), [c.name for c in plan.clients])
-            self._start_openvpn(plan, pki)
+            self._start_openvpn(plan, pki, hooks)
             log.info("lab %s: OpenVPN servers and clients started after %.1fs", self.prefix,
                      time.monotonic() - started)  # fmt: skip
             for boot in booting:
@@ -207,9 +221,9 @@ class Lab:
                 f"link set {BACKBONE_IF} up",
             ])  # fmt: skip
 
-    def _start_openvpn(self, plan: LabPlan, pki: Pki) -> None:
+    def _start_openvpn(self, plan: LabPlan, pki: Pki, hooks: str = "auto") -> None:
         for server in plan.servers:
-            write_server(self.paths, plan, server, pki, secrets.token_urlsafe(18))
+            write_server(self.paths, plan, server, pki, secrets.token_urlsafe(18), hooks)
             self._spawn(server.netns, f"{server.name}.openvpn", self._openvpn_argv(server.name),
                         self.paths.log(server.name, "openvpn"))  # fmt: skip
         for server in plan.servers:
@@ -284,12 +298,26 @@ class Lab:
         return self._spawn(node.netns, f"{server}.agent", argv, self.paths.log(server, "agent"))
 
     def signal_agent(self, server: str, sig: int) -> int:
-        """Stop agent ``server`` with ``sig`` (TERM: goodbye, USR1: no goodbye, KILL)."""
+        """Stop agent ``server`` with ``sig`` (TERM, USR1: no goodbye; KILL)."""
         self.plan().server(server)
         pid = self.agent_pid(server)
         if pid is None:
             raise LabError(f"agent {server} is not running")
         procs.stop(pid, str(self.paths.agent_conf(server)), sig, grace=10.0)
+        return pid
+
+    def leave_agent(self, server: str, timeout: float = 10.0) -> int:
+        """``meshroute leave`` for agent ``server``: goodbye (peers withdraw at once)."""
+        from meshroute.control import ControlError, request
+
+        pid = self.agent_pid(server)
+        if pid is None:
+            raise LabError(f"agent {server} is not running")
+        try:
+            request(self.paths.control_socket(server), "leave")
+        except ControlError as exc:
+            raise LabError(f"agent {server}: {exc}") from None
+        _wait(lambda: self.agent_pid(server) is None, timeout, f"agent {server} to leave")
         return pid
 
     def broker_nodes(self, name: str | None) -> list[tuple[str, RabbitNode]]:

@@ -13,8 +13,11 @@ So the ``server NET MASK`` helper is not used (it would give every server the sa
 every server the pool start ``net6 + (pool_start - net4)`` makes a client's IPv6
 host part equal its IPv4 host part and keeps the IPv6 pools disjoint too.
 
-Hook commands are absolute paths; OpenVPN splits a script command at spaces, so
-paths with spaces or quotes are refused rather than quoted.
+Hooks are either meshroute's OpenVPN plugin (:class:`PluginHook`, one ``plugin``
+line; no process per event) or the script hooks (:class:`HookCommand`, the
+fallback); :func:`choose_hook` picks one (``plugin`` when the ``.so`` is built).
+Paths are absolute; OpenVPN splits a script command at spaces, so paths with spaces
+or quotes are refused rather than quoted.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ from pathlib import Path
 
 from meshroute.openvpn import hook as hook_module
 from meshroute.openvpn.mgmt import MgmtEndpoint
+from meshroute.openvpn.plugin import find_plugin
+
+HOOK_FORMS = ("auto", "plugin", "script")
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,38 @@ class HookCommand:
 
 
 @dataclass(frozen=True)
+class PluginHook:
+    """``plugin SO SOCKET``: meshroute's OpenVPN plugin sends the events from inside
+    OpenVPN (microseconds per event, no process; see meshroute/openvpn/plugin/)."""
+
+    library: Path
+    socket: Path
+
+    def line(self) -> str:
+        for part in (self.library, self.socket):
+            _check_word(str(part))
+            if not Path(part).is_absolute():
+                raise ValueError(f"plugin paths must be absolute: {part}")
+        return f"plugin {self.library} {self.socket}"
+
+
+def choose_hook(form: str, socket: Path, plugin: Path | None = None) -> PluginHook | HookCommand:
+    """``plugin`` (an error if the .so is not built), ``script`` (the ``python -S``
+    script hooks) or ``auto``: the plugin when it is built, else the scripts."""
+    if form not in HOOK_FORMS:
+        raise ValueError(f"hook form must be one of {', '.join(HOOK_FORMS)}, not {form!r}")
+    library = plugin or find_plugin()
+    if form == "plugin" and library is None:
+        raise ValueError(
+            "the OpenVPN plugin is not built: run `make -C meshroute/openvpn/plugin` "
+            "(.ci/install does), or use the script hooks"
+        )
+    if form == "script" or library is None:
+        return HookCommand.fast(socket)
+    return PluginHook(library, socket)
+
+
+@dataclass(frozen=True)
 class ServerConf:
     """One lab OpenVPN server. ``network`` is the shared client subnet."""
 
@@ -117,7 +155,7 @@ class ServerConf:
     management_password_file: Path | None = None
     tls_crypt: Path | None = None
     network6: ipaddress.IPv6Network | None = None
-    hook: HookCommand | None = None
+    hook: HookCommand | PluginHook | None = None
     local: str | None = None
     proto: str = "udp"
     keepalive: tuple[int, int] = (10, 60)
@@ -188,9 +226,11 @@ def _management_line(endpoint: MgmtEndpoint, password_file: Path | None) -> str:
     return f"management {endpoint.host} {endpoint.port}{password}"
 
 
-def _hook_lines(hook: HookCommand | None) -> list[str]:
+def _hook_lines(hook: HookCommand | PluginHook | None) -> list[str]:
     if hook is None:
         return []
+    if isinstance(hook, PluginHook):
+        return [hook.line()]
     return [
         "script-security 2",
         f'learn-address "{hook.command("learn-address")}"',

@@ -32,9 +32,7 @@ Invariants:
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -48,6 +46,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
+
+from meshroute.broker_defs import Permissions, agent_permissions
+from meshroute.broker_defs import password_hash as _password_hash
 
 log = logging.getLogger(__name__)
 
@@ -78,44 +79,10 @@ class ClusterSpec:
     """Seconds; a silent peer node is declared down after 0.75-1.25 times this."""
 
 
-@dataclass(frozen=True)
-class Permissions:
-    """RabbitMQ permission regexes (configure, write, read) on one vhost."""
-
-    configure: str
-    write: str
-    read: str
-
-
-def agent_permissions(name: str, exchange: str = "meshroute") -> Permissions:
-    """Least privilege for agent ``name`` (see docs/protocol.md, "Permissions").
-
-    configure: declare its own queue and the exchange. write: publish to the
-    exchange and to the default exchange (direct replies), bind its own queue.
-    read: consume its own queue, bind from the exchange.
-    """
-    queue, exch = f"meshroute\\.{_re(name)}", _re(exchange)
-    return Permissions(
-        configure=f"^({queue}|{exch})$",
-        write=f"^({queue}|{exch}|amq\\.default)$",
-        read=f"^({queue}|{exch})$",
-    )
-
-
 def join_cluster(nodes: list[RabbitNode]) -> None:
     """Join ``nodes[1:]`` to ``nodes[0]``'s cluster (all of them started)."""
     for node in nodes[1:]:
         node.join(nodes[0])
-
-
-def _re(text: str) -> str:
-    return "".join("\\" + c if c in ".^$*+?{}[]\\|()" else c for c in text)
-
-
-def _password_hash(password: str) -> str:
-    """RabbitMQ's rabbit_password_hashing_sha256: base64(salt + sha256(salt + pw))."""
-    salt = secrets.token_bytes(4)
-    return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -129,7 +129,7 @@ class LabPlan:
     @property
     def namespaces(self) -> tuple[str, ...]:
         """Every namespace, the bridge namespace first (it is made first)."""
-        nodes = (n.netns for n in (*self.servers, *self.clients))
+        nodes = [s.netns for s in self.servers] + [c.netns for c in self.clients]
         return (self.net_ns, *(b.netns for b in self.brokers), *nodes)
 
     def server(self, name: str) -> ServerPlan:

@@ -32,11 +32,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from meshroute.model import MAX_COMMON_NAME as MAX_COMMON_NAME  # one limit, bus and hooks
 from meshroute.model import Address
 
 HOOK_PROTOCOL_VERSION = 1
 MAX_DATAGRAM = 4096
-MAX_COMMON_NAME = 256
 
 LEARN_ADDRESS = "learn-address"
 CLIENT_CONNECT = "client-connect"
@@ -48,6 +48,23 @@ SESSION_OPS = {CLIENT_CONNECT: "connect", CLIENT_DISCONNECT: "disconnect"}
 
 class IgnoredEvent(ValueError):
     """A valid event that carries nothing meshroute routes (subnet, MAC, no address)."""
+
+
+def bad_reason(exc: ValueError) -> str:
+    """A short, stable label for why a datagram was refused (for counters, metrics).
+
+    Messages name the field in quotes ("'op' must be ..."); the label is the field,
+    or the kind of document problem."""
+    text = str(exc)
+    for prefix, label in (("datagram too large", "too_large"), ("not UTF-8 JSON", "not_json"),
+                          ("not a JSON object", "not_object"),
+                          ("unsupported hook protocol", "version"),
+                          ("bad common name", "common_name")):  # fmt: skip
+        if text.startswith(prefix):
+            return label
+    if text.startswith("missing '") or text.startswith("'"):
+        return text.split("'")[1]
+    return "other"
 
 
 @dataclass(frozen=True)
@@ -102,7 +119,7 @@ def _learn_address(
     obj: dict[str, Any], sent_ms: int, since: int | None, received_ms: int | None
 ) -> HookEvent:
     op = _choice(obj, "op", LEARN_OPS)
-    address = _learned_address(_string(obj, "address", required=True))
+    address = _learned_address(_string(obj, "address", required=True) or "")
     common_name = _common_name(obj, required=op != "delete")
     return HookEvent(
         kind=LEARN_ADDRESS,
@@ -151,7 +168,7 @@ def _string(obj: dict[str, Any], key: str, required: bool = False) -> str | None
 
 def _choice(obj: dict[str, Any], key: str, allowed: tuple[str, ...]) -> str:
     value = obj.get(key)
-    if value not in allowed:
+    if not isinstance(value, str) or value not in allowed:
         raise ValueError(f"{key!r} must be one of {', '.join(allowed)}; got {value!r}")
     return value
 
@@ -179,7 +196,9 @@ def _common_name(obj: dict[str, Any], required: bool) -> str | None:
     if name is None:
         return None
     if len(name) > MAX_COMMON_NAME or not name.isprintable():
-        raise ValueError(f"bad common name: {name[:40]!r}")
+        raise ValueError(
+            f"bad common name: {name[:40]!r} (at most {MAX_COMMON_NAME} printable characters)"
+        )
     return name
 
 

@@ -2,9 +2,11 @@
 
 Invariants:
 
-- The reader thread never dies on input: a bad datagram is counted and logged
-  (WARNING, rate-free but one line each), an ignored one (iroute subnet, MAC) counted
-  at DEBUG, and an exception from ``on_event`` is logged and counted; then it reads on.
+- The reader thread never dies on input: a bad datagram is counted by reason and
+  logged at WARNING, at most ``BAD_LOG_LINES`` lines per ``BAD_LOG_WINDOW`` seconds
+  (a flood of 20,000 bad datagrams writes a handful of lines and a count of the
+  rest, not 20,000 lines); an ignored one (iroute subnet, MAC) is counted at DEBUG;
+  an exception from ``on_event`` is logged and counted; then it reads on.
 - ``on_event`` runs on the reader thread, one event at a time, in arrival order; it
   must only hand the event over (enqueue) — a slow callback fills the socket queue and
   the hooks start dropping events (they never wait).
@@ -25,14 +27,27 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from meshroute.openvpn.events import MAX_DATAGRAM, HookEvent, IgnoredEvent, parse_hook_datagram
+from meshroute.openvpn.events import (
+    MAX_DATAGRAM,
+    HookEvent,
+    IgnoredEvent,
+    bad_reason,
+    parse_hook_datagram,
+)
+from meshroute.telemetry import LogBudget
 
 log = logging.getLogger(__name__)
 
-RECEIVE_BUFFER = 1 << 20  # room for a burst of ~5,000 events while the agent catches up
+BAD_LOG_LINES = 5
+BAD_LOG_WINDOW = 60.0
+
+# Room in bytes for a burst while the agent catches up. For a unix datagram socket
+# the kernel also caps the queue at net.unix.max_dgram_qlen datagrams (Linux's
+# default: 10): docs/install.md raises it, or senders that never wait drop events.
+RECEIVE_BUFFER = 1 << 20
 
 
 class HookReceiverError(RuntimeError):
@@ -48,6 +63,7 @@ class HookStats:
     ignored: int = 0
     bad: int = 0
     handler_errors: int = 0
+    bad_by_reason: dict[str, int] = field(default_factory=dict)
 
 
 def wall_ms() -> int:
@@ -70,6 +86,7 @@ class HookReceiver:
         self._on_event = on_event
         self._now_ms = now_ms
         self._closing = threading.Event()
+        self._bad_log = LogBudget(BAD_LOG_LINES, BAD_LOG_WINDOW)
         self._sock = _bind(self.path, mode, gid)
         self._thread = threading.Thread(
             target=self._run, name=f"hook-receiver:{self.path}", daemon=True
@@ -118,8 +135,7 @@ class HookReceiver:
             log.debug("hook event ignored: %s", exc)
             return
         except ValueError as exc:
-            self.stats.bad += 1
-            log.warning("bad hook datagram on %s (%d bytes): %s", self.path, len(data), exc)
+            self._count_bad(exc, len(data))
             return
         try:
             self._on_event(event)
@@ -128,6 +144,19 @@ class HookReceiver:
             log.exception("hook event handler failed for %s", event)
             return
         self.stats.delivered += 1
+
+    def _count_bad(self, exc: ValueError, size: int) -> None:
+        self.stats.bad += 1
+        reason = bad_reason(exc)
+        # Replaced, never mutated: a reader on another thread may be copying it.
+        counts = dict(self.stats.bad_by_reason)
+        counts[reason] = counts.get(reason, 0) + 1
+        self.stats.bad_by_reason = counts
+        if self._bad_log.allow(time.monotonic()):
+            left_out = self._bad_log.take_suppressed()
+            more = f" ({left_out} more since the last line, not logged)" if left_out else ""
+            log.warning("bad hook datagram on %s (%d bytes, %s): %s%s", self.path, size,
+                        reason, exc, more)  # fmt: skip
 
 
 def _bind(path: Path, mode: int, gid: int | None) -> socket.socket:

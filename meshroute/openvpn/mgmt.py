@@ -155,7 +155,7 @@ class _Session:
         self.sock = sock
         target = ep.path if ep.kind == "unix" else (ep.host, ep.port)
         try:
-            sock.connect(target)
+            sock.connect(target)  # type: ignore[arg-type]  # a unix path or (host, port)
         except ConnectionRefusedError:
             raise self.fail("connecting", "connection refused (is OpenVPN running?)") from None
         except FileNotFoundError:

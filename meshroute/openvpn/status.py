@@ -15,10 +15,17 @@ Invariants:
 
 - Only "Common Name", "Real Address", "Virtual Address" and "Connected Since
   (time_t)" are required columns; the rest are used when present.
+- A common name longer than the bus allows (``meshroute.codec.MAX_COMMON_NAME``) or
+  with control characters is a problem of its row, not a session: one bad name must
+  never reach a snapshot, where every peer would refuse the whole snapshot.
 - A row that is still authenticating (common name ``UNDEF``, or no virtual address
   yet) is skipped and counted, not reported as a problem.
 - One malformed row never loses the others: it becomes a :class:`ParseError` in
   ``StatusReport.problems`` and parsing goes on.
+- ``ROUTING_TABLE`` rows give ``Last Ref (time_t)`` per virtual address (the
+  server's clock time of the last packet from the client: skew-free evidence of
+  which session is live); read by header name too, optional, and a bad row there is
+  a problem like any other. Rows of other tables are ignored.
 - Output that is not a whole status document (no CLIENT_LIST header, no ``END``:
   for example a truncated read) raises :class:`ParseError`: the poll result is the
   reconciling truth, and a partial list would wrongly retract live clients.
@@ -30,12 +37,15 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshroute.model import MAX_COMMON_NAME
+
 COMMON_NAME = "Common Name"
 REAL_ADDRESS = "Real Address"
 VIRTUAL_ADDRESS = "Virtual Address"
 VIRTUAL_ADDRESS6 = "Virtual IPv6 Address"
 CONNECTED_SINCE = "Connected Since (time_t)"
 CLIENT_ID = "Client ID"
+LAST_REF = "Last Ref (time_t)"
 REQUIRED_COLUMNS = (COMMON_NAME, REAL_ADDRESS, VIRTUAL_ADDRESS, CONNECTED_SINCE)
 PENDING_COMMON_NAME = "UNDEF"
 _TAGS = ("TITLE", "TIME", "HEADER", "CLIENT_LIST")
@@ -74,6 +84,7 @@ class StatusReport:
     title: str | None = None
     time: int | None = None
     columns: tuple[str, ...] = field(default=(), repr=False)
+    last_ref: dict[str, int] = field(default_factory=dict)  # virtual address -> time_t
 
 
 def parse_status(text: str) -> StatusReport:
@@ -86,6 +97,8 @@ def parse_status(text: str) -> StatusReport:
     pending = 0
     title: str | None = None
     stamp: int | None = None
+    routes: dict[str, int] | None = None  # ROUTING_TABLE column -> index
+    last_ref: dict[str, int] = {}
     for number, line in enumerate(lines, start=1):
         fields = line.split(sep)
         tag = fields[0]
@@ -93,7 +106,7 @@ def parse_status(text: str) -> StatusReport:
             if header is None:
                 raise ParseError(0, "no 'HEADER CLIENT_LIST' line before END")
             return StatusReport(
-                tuple(sessions), tuple(problems), pending, title, stamp, header.columns
+                tuple(sessions), tuple(problems), pending, title, stamp, header.columns, last_ref
             )
         if tag == "TITLE":
             title = sep.join(fields[1:])
@@ -113,8 +126,33 @@ def parse_status(text: str) -> StatusReport:
                 pending += 1
             else:
                 sessions.append(session)
-        # Other records (ROUTING_TABLE, GLOBAL_STATS, future ones) are not ours.
+        elif tag == "HEADER" and fields[1:2] == ["ROUTING_TABLE"]:
+            routes = {name: i for i, name in enumerate(fields[2:])}
+        elif tag == "ROUTING_TABLE" and routes is not None:
+            _routing_row(fields[1:], routes, number, line, last_ref, problems)
+        # Other records (GLOBAL_STATS, future ones) are not ours.
     raise ParseError(0, "truncated status: no END line")
+
+
+def _routing_row(
+    values: list[str],
+    columns: dict[str, int],
+    number: int,
+    line: str,
+    last_ref: dict[str, int],
+    problems: list[ParseError],
+) -> None:
+    """One ROUTING_TABLE row: remember ``Last Ref (time_t)`` for its virtual address."""
+    where, when = columns.get(VIRTUAL_ADDRESS), columns.get(LAST_REF)
+    if where is None or when is None:
+        return  # an older format without the column: no evidence, nothing wrong
+    if len(values) != len(columns):
+        problems.append(ParseError(number, "ROUTING_TABLE row does not match its header", line))
+        return
+    try:
+        last_ref[values[where]] = _int(values[when], LAST_REF, number, line)
+    except ParseError as exc:
+        problems.append(exc)
 
 
 def _separator(lines: list[str]) -> str:
@@ -163,6 +201,13 @@ class _Header:
         v4_text, v6_text = row[VIRTUAL_ADDRESS], row.get(VIRTUAL_ADDRESS6, "")
         if common_name in ("", PENDING_COMMON_NAME) or not (v4_text or v6_text):
             return None
+        if len(common_name) > MAX_COMMON_NAME or not common_name.isprintable():
+            raise ParseError(
+                number,
+                f"{COMMON_NAME} {common_name[:40]!r}: at most {MAX_COMMON_NAME} printable "
+                "characters (the limit of the bus)",
+                line,
+            )
         return ClientSession(
             common_name=common_name,
             real_address=row[REAL_ADDRESS],

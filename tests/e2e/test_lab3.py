@@ -128,10 +128,10 @@ def test_killed_agent_is_withdrawn_after_hold_time_and_converges_on_start(
     assert lab3.failed_pings() == []
 
 
-def test_stopped_agent_says_goodbye_and_peers_withdraw_at_once(lab3: RunningLab) -> None:
+def test_an_agent_that_leaves_says_goodbye_and_peers_withdraw_at_once(lab3: RunningLab) -> None:
     lab3.assert_converged()
     stopped = time.monotonic()
-    lab3.cli("agent", "stop", "s3")
+    lab3.cli("agent", "leave", "s3")
     poll(lambda: not any(_routes_via(lab3, "s3").values()), HOLD_TIME, "withdrawal", 0.05)
     assert time.monotonic() - stopped < HOLD_TIME - 1
     lab3.cli("agent", "start", "s3")

@@ -20,6 +20,7 @@ from typing import TypeVar
 from meshroute.lab.openvpn_conf import (
     ClientConf,
     HookCommand,
+    PluginHook,
     ServerConf,
     plan_pools,
     render_client_config,
@@ -122,7 +123,7 @@ def ping(netns: str, address: object) -> bool:
     return subprocess.run(argv, capture_output=True, check=False).returncode == 0
 
 
-def write_openvpn_configs(tmp: Path, ns: Netns, hook: HookCommand) -> Path:
+def write_openvpn_configs(tmp: Path, ns: Netns, hook: HookCommand | PluginHook) -> Path:
     """Server and client configs (one server srv1, one client cli1); the mgmt socket."""
     pki = make_pki(tmp / "pki", ["srv1"], ["cli1"])
     password_file = tmp / "mgmt.pw"

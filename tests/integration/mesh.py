@@ -40,6 +40,14 @@ def ip(*args: str) -> str:
     return subprocess.run(["ip", *args], check=True, capture_output=True, text=True).stdout
 
 
+def libfaketime() -> Path:
+    """Debian's libfaketime (package faketime; the variant for threaded programs)."""
+    found = sorted(Path("/usr/lib").glob("*/faketime/libfaketimeMT.so.1"))
+    if not found:
+        raise FileNotFoundError("libfaketimeMT.so.1 not found: install Debian's faketime")
+    return found[0]
+
+
 def backbone(index: int) -> str:
     return f"10.200.200.{index}"
 
@@ -56,6 +64,7 @@ class AgentProc:
     fake: FakeManagement | None = None
     sessions: dict[str, FakeSession] = field(default_factory=dict)
     proc: subprocess.Popen | None = None
+    clock_offset: int = 0  # seconds this server's wall clock is off (libfaketime)
     run_in_netns: bool = False
     """Run the process itself inside ``netns`` (its broker traffic crosses it)."""
 
@@ -82,6 +91,7 @@ class AgentProc:
             "control_socket": str(self.control),
             "hook_socket": str(self.hook_socket),
             "dataplane_netns": self.netns,
+            "state_dir": str(self.tmp),
             "log_level": "debug",
             **self.settings,
         }
@@ -97,12 +107,24 @@ class AgentProc:
 
     def _publish_status(self) -> None:
         assert self.fake is not None
-        self.fake.status = render_status(self.sessions.values())
+        sessions = list(self.sessions.values())
+        self.fake.status = lambda: render_status(sessions, self.clock_offset)
 
-    def connect(self, address: str, cn: str, *, hook: bool = True) -> int:
-        """A client session starts here: OpenVPN lists it, and runs the hook."""
-        since = int(time.time())
-        self.sessions[address] = FakeSession(cn, address, since)
+    def went_silent(self, address: str) -> None:
+        """The client of this session moved away: OpenVPN still lists it, stale."""
+        session = self.sessions[address]
+        self.sessions[address] = FakeSession(
+            session.common_name, session.address, session.since, session.address6, live=False
+        )
+        self._publish_status()
+
+    def connect(self, address: str, cn: str, *, hook: bool = True, live: bool | None = None) -> int:
+        """A client session starts here: OpenVPN lists it, and runs the hook.
+
+        ``live=True`` lists its Last Ref as "now" at every poll (see FakeSession).
+        """
+        since = int(time.time()) + self.clock_offset
+        self.sessions[address] = FakeSession(cn, address, since, live=live)
         self._publish_status()
         if hook:
             env = {"common_name": cn, "ifconfig_pool_remote_ip": address,
@@ -116,14 +138,23 @@ class AgentProc:
 
     def start(self) -> None:
         config = self.write_config()
-        argv = [sys.executable, "-m", "meshroute", "agent", str(config)]
+        command = [sys.executable, "-m", "meshroute", "agent", str(config)]
+        env = None
+        if self.clock_offset:
+            # A skewed wall clock for this process only (libfaketime preloaded into
+            # the agent itself, so its pid is the agent's); monotonic time stays real.
+            env = {
+                **os.environ,
+                "LD_PRELOAD": str(libfaketime()),
+                "FAKETIME": f"{self.clock_offset:+d}s",
+                "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+            }
         if self.run_in_netns:
-            argv = ["ip", "netns", "exec", self.netns, *argv]
+            command = ["ip", "netns", "exec", self.netns, *command]
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                argv,
-                stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-            )  # fmt: skip
+                command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env
+            )
 
     def signal(self, sig: int) -> int:
         """Send ``sig`` and wait for the process; its exit status."""
@@ -171,12 +202,13 @@ class Mesh:
         self.agents: dict[str, AgentProc] = {}
         self._tag = f"mrt-it{os.getpid()}"
 
-    def add(self, name: str) -> AgentProc:
+    def add(self, name: str, clock_offset: int = 0) -> AgentProc:
         index = len(self.agents) + 1
         netns = f"{self._tag}-{name}"
         self._make_netns(netns, index)
         url = self.rabbit.node.add_agent(name, f"pw-{name}", self.exchange)
         agent = AgentProc(name, index, netns, self.tmp, url, self.exchange, self.settings)
+        agent.clock_offset = clock_offset
         self.agents[name] = agent
         agent.serve_openvpn()
         agent.start()

@@ -347,3 +347,22 @@ def test_hundred_thousand_mutated_bodies_raise_only_codec_error():
         except CodecError:
             pass
     assert accepted < 5_000  # almost every mutation is caught, none crashed
+
+
+def test_clock_and_sent_ms_travel_and_are_optional():
+    header = Header(origin="a1", epoch=5, seq=1, clock=1_800_000_000_123, sent_ms=1_800_000_000_100)
+    msg = Goodbye(header)
+    assert json.loads(encode(msg))["clock"] == 1_800_000_000_123
+    assert decode(encode(msg), user_id="a1") == msg
+    assert decode(encode(Goodbye(_hdr())), user_id="a1").header.clock is None
+    obj = json.loads(encode(msg))
+    obj["sent_ms"] = -1
+    assert "sent_ms" in _error(obj)
+
+
+def test_a_snapshot_over_the_agents_cap_is_refused_before_its_claims_are_read():
+    """Issue 12.6: a 262,144-claim snapshot stalled every agent for ~17 s."""
+    obj = _valid_obj()
+    obj["claims"] = [{"junk": i} for i in range(1001)]  # never looked at one by one
+    with pytest.raises(CodecError, match="1001 claims exceed the limit 1000"):
+        decode(_body(obj), user_id="a1", max_claims=1000)

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from meshroute.cli import cli
-from meshroute.control import ControlServer, format_rows, query_command
+from meshroute.control import ControlServer, format_rows, human_duration, query_command
 
 TABLE = {
     "agent": "vpnsrvB",
@@ -22,7 +22,9 @@ TABLE = {
          "local": True, "installed": False},
     ],
 }  # fmt: skip
-HEALTH = {"agent": "vpnsrvB", "ok": False, "broker_connected": False, "counters": {"x": 1}}
+HEALTH = {"schema": 1, "agent": "vpnsrvB", "ok": False, "problems": ["not connected to the broker"],
+          "broker_connected": False, "uptime": 7384.2, "last_poll_age": None,
+          "route_errors": {}, "counters": {"x": 1}}  # fmt: skip
 
 
 @pytest.fixture
@@ -51,7 +53,25 @@ def test_table_human_output_is_aligned(server, capsys):
 
 def test_unhealthy_agent_exits_3(server, capsys):
     assert query_command("health", str(server.path), None, as_json=False) == 3
-    assert "broker_connected: False" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "agent vpnsrvB: UNHEALTHY: not connected to the broker"
+    assert "broker_connected: no" in out
+
+
+def test_health_text_has_no_python_reprs_and_human_durations(server, capsys):
+    query_command("health", str(server.path), None, as_json=False)
+    out = capsys.readouterr().out
+    for repr_ in ("True", "False", "None", "{}"):
+        assert repr_ not in out
+    assert "uptime: 2h03m" in out and "last_poll_age: -" in out and "route_errors: none" in out
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0.25, "0.2s"), (12.4, "12s"), (65, "1m05s"), (7384.2, "2h03m"), (3 * 86400 + 7200, "3d02h")],
+)
+def test_human_durations(seconds, text):
+    assert human_duration(seconds) == text
 
 
 def test_no_agent_is_a_clear_error_and_exit_1(tmp_path):
@@ -83,3 +103,64 @@ def test_a_failing_answer_is_reported_not_crashed(tmp_path, capsys):
 def test_format_rows_shows_none_as_dash():
     text = format_rows([{"a": None, "b": True}], ("a", "b"))
     assert text.splitlines() == ["A  B", "-  yes"]
+
+
+CONTESTED = {
+    "schema": 1, "agent": "b", "epoch": 1,
+    "claims": [
+        {"address": "10.8.0.6", "common_name": "host2", "owner": "c", "next_hop": "10.200.0.3",
+         "connected_since": 1700000100, "connected_for": 5, "local": False, "installed": True,
+         "claimants": ["a", "c"], "why": "latest session: stamp 20 > 10 of a",
+         "all_claims": [
+            {"owner": "c", "common_name": "host2", "connected_since": 1700000100, "stamp": 20,
+             "winner": True},
+            {"owner": "a", "common_name": "host2", "connected_since": 1700000000, "stamp": 10,
+             "winner": False}]},
+        {"address": "10.8.0.7", "common_name": "other", "owner": "a", "next_hop": "10.200.0.1",
+         "connected_since": 1700000000, "connected_for": 9, "local": False, "installed": True,
+         "claimants": ["a"], "why": "the only claimant", "all_claims": []},
+    ],
+}  # fmt: skip
+
+
+@pytest.fixture
+def contested(tmp_path):
+    srv = ControlServer(tmp_path / "t.sock", lambda cmd: CONTESTED)
+    yield srv
+    srv.close()
+
+
+@pytest.mark.parametrize("select", ["10.8.0.6", "host2"])
+def test_table_for_one_address_or_client_shows_every_claimant_and_why(contested, capsys, select):
+    assert query_command("table", str(contested.path), None, False, select=select) == 0
+    out = capsys.readouterr().out
+    assert "10.8.0.7" not in out
+    assert "10.8.0.6: latest session: stamp 20 > 10 of a" in out
+    winner, loser = [line for line in out.splitlines() if "owner " in line]
+    assert winner.split()[:3] == ["winner", "owner", "c"] and loser.split()[:2] == ["owner", "a"]
+
+
+def test_table_select_matching_nothing_exits_1(contested, capsys):
+    assert query_command("table", str(contested.path), None, True, select="10.9.9.9") == 1
+    assert "knows no address or client '10.9.9.9'" in capsys.readouterr().err
+
+
+def test_leave_asks_the_agent_and_waits_until_it_is_gone(tmp_path):
+    asked = []
+    srv = ControlServer(tmp_path / "l.sock", lambda cmd: asked.append(cmd) or {"agent": "a"})
+    try:
+        result = CliRunner().invoke(cli, ["leave", "--socket", str(srv.path), "--wait", "0.3"])
+        assert asked == ["leave"] and result.exit_code == 1  # still there: not gone
+        assert "still stopping" in result.output
+    finally:
+        srv.close()
+
+
+def test_completion_as_documented_works():
+    import subprocess
+    import sys
+
+    env = {"_MESHROUTE_COMPLETE": "bash_source", "PATH": ""}
+    done = subprocess.run([sys.executable, "-c", "from meshroute.entry import main; main()"],
+                          env=env, capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert done.returncode == 0 and "_meshroute_completion()" in done.stdout

@@ -48,11 +48,25 @@ def test_example_config_loads_with_the_articles_networks() -> None:
     assert config.tls_cert_file is not None and config.tls_key_file is not None
 
 
-def test_openvpn_snippet_hooks_are_valid_calls_to_the_configs_socket() -> None:
+def test_openvpn_snippet_plugin_sends_to_the_configs_socket() -> None:
+    config = example_config()
+    [plugin] = [d for d in snippet_directives() if d[0] == "plugin"]
+    assert plugin[1].endswith("/meshroute-plugin.so")
+    assert plugin[2:] == [str(config.hook_socket)]
+
+
+def fallback_directives() -> list[list[str]]:
+    """The snippet's commented-out fallback (script hooks), as OpenVPN would split it."""
+    lines = SNIPPET.read_text().splitlines()
+    return [shlex.split(line[1:]) for line in lines if line.startswith("#") and line[1:2].isalpha()]
+
+
+def test_openvpn_snippet_fallback_hooks_are_valid_calls_to_the_configs_socket() -> None:
     config = example_config()
     kinds = ("learn-address", "client-connect", "client-disconnect")
-    commands = {d[0]: d[1] for d in snippet_directives() if d[0] in kinds}
+    commands = {d[0]: d[1] for d in fallback_directives() if d[0] in kinds}
     assert set(commands) == set(kinds)
+    assert ["script-security", "2"] in fallback_directives()
     openvpn_args = {"learn-address": ["add", "10.100.100.95", "client1"]}
     env = {"ifconfig_pool_remote_ip": "10.100.100.95", "common_name": "client1"}
     for kind, command in commands.items():
@@ -67,7 +81,6 @@ def test_openvpn_snippet_management_matches_the_config() -> None:
     management = next(d for d in snippet_directives() if d[0] == "management")
     assert f"{management[1]}:{management[2]}" == config.openvpn_mgmt
     assert management[3] == str(config.openvpn_mgmt_pass_file)
-    assert ["script-security", "2"] in snippet_directives()
 
 
 def test_setup_script_is_valid_posix_sh() -> None:

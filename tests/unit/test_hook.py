@@ -326,3 +326,52 @@ def test_receiver_close_is_prompt_and_idempotent(tmp_path: Path) -> None:
     receiver.close()
     receiver.close()
     assert time.monotonic() - start < 0.5
+
+
+def test_the_hook_and_the_bus_share_one_common_name_limit() -> None:
+    from meshroute.codec import MAX_COMMON_NAME
+
+    def datagram(cn: str) -> bytes:
+        return encode_json(build_event(["learn-address", "add", "10.8.0.6", cn], {}, 1))
+
+    assert parse_hook_datagram(datagram("c" * MAX_COMMON_NAME)).common_name is not None
+    with pytest.raises(ValueError, match=f"at most {MAX_COMMON_NAME}"):
+        parse_hook_datagram(datagram("c" * (MAX_COMMON_NAME + 1)))
+
+
+def test_a_flood_of_bad_datagrams_is_counted_by_reason_and_logged_a_few_times(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    receiver = HookReceiver(tmp_path / "hook.sock", lambda event: None)
+    try:
+        with caplog.at_level("WARNING", logger="meshroute.openvpn.hook_receiver"):
+            for _ in range(10_000):
+                receiver.handle(b"{not json")
+            for _ in range(10_000):
+                receiver.handle(b'{"v":1,"event":"learn-address","op":"zap","ts_ms":1}')
+    finally:
+        receiver.close()
+    assert receiver.stats.bad == 20_000
+    assert receiver.stats.bad_by_reason == {"not_json": 10_000, "op": 10_000}
+    bad_lines = [r for r in caplog.records if r.getMessage().startswith("bad hook datagram")]
+    assert 1 <= len(bad_lines) <= 5
+
+
+def test_hook_help_prints_the_usage_and_exits_0() -> None:
+    for argv in (["hook", "--help"], ["hook", "-h"]):
+        done = subprocess.run(
+            [sys.executable, "-c", "from meshroute.entry import main; main()", *argv],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "learn-address" in done.stdout and "unknown event" not in done.stderr
+
+
+def test_a_common_name_spelled_like_help_is_still_an_event(collector: Collector) -> None:
+    args = ["--socket", str(collector.path), "learn-address", "add", "10.8.0.6", "--help"]
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; from meshroute.entry import main; main()",
+         "hook", *args], capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 0
+    assert collector.next().common_name == "--help"

@@ -170,11 +170,45 @@ def test_per_peer_cap():
 
 def test_next_hops_are_never_route_destinations():
     t = table()
-    hop_as_client = ipaddress.ip_address("10.100.9.9")
-    t.apply(snap("x", 1, 1, rec(hop_as_client)), now=0)
-    t.apply(snap("y", 1, 1, hop=hop_as_client), now=0)
-    assert t.desired_routes() == {}
+    t.apply(snap("x", 1, 1, rec(HOP_Y), rec(A)), now=0)  # a client at our own next hop
     assert t.desired_routes(own_next_hops=[A]) == {}
+
+
+def test_a_client_address_announced_as_next_hop_is_refused_and_moves_no_route():
+    """Issue 12.4: a peer announcing another server's client address as its next hop
+    used to make that client's route vanish; now the hop is refused instead."""
+    t = table()
+    client = ipaddress.ip_address("10.100.9.9")
+    t.apply(snap("x", 1, 1, rec(client)), now=0)
+    t.apply(snap("y", 1, 1, rec(B), hop=client, hop6=None), now=0)
+    assert t.desired_routes() == {ipaddress.ip_network(client): HOP_X}
+    assert t.peers["y"].next_hop is None and "client_networks" in t.peers["y"].hop_problem
+    assert t.counters.refusals == {"next_hop": 1}
+
+
+def test_next_hops_outside_the_backbone_or_reserved_or_taken_are_refused():
+    broker = ipaddress.ip_address("10.200.0.254")
+    t = table(backbone_networks=[ipaddress.ip_network("10.200.0.0/24")], reserved_hops=[broker])
+    t.apply(snap("x", 1, 1, rec(A), hop=HOP_X, hop6=None), now=0)
+    t.apply(snap("y", 1, 1, rec(B), hop=HOP_X, hop6=None), now=0)  # x's hop: taken
+    t.apply(snap("z", 1, 1, hop=broker, hop6=None), now=0)
+    t.apply(snap("w", 1, 1, hop=ipaddress.ip_address("192.0.2.1"), hop6=None), now=0)
+    assert [t.peers[n].next_hop for n in "xyzw"] == [HOP_X, None, None, None]
+    assert t.desired_routes() == {ipaddress.ip_network(A): HOP_X}
+    assert "already peer x's" in t.peers["y"].hop_problem
+    assert "broker" in t.peers["z"].hop_problem
+    assert "backbone" in t.peers["w"].hop_problem
+
+
+def test_a_new_next_hop_marks_the_peers_addresses_dirty_at_once():
+    """Issue 12.8: the kernel used to keep the old hop until the periodic resync."""
+    t = table()
+    t.apply(snap("x", 1, 1, rec(A), rec(B)), now=0)
+    t.take_dirty()
+    beat = Heartbeat(Header("x", 1, 2), HOP_Y, HOP_X6, state_seq=1, count=2, digest="0" * 16)
+    t.apply(beat, now=1)
+    assert t.take_dirty() == {A, B}
+    assert t.desired_for([A, B]) == {ipaddress.ip_network(A): HOP_Y, ipaddress.ip_network(B): HOP_Y}
 
 
 def test_heartbeat_digest_mismatch_asks_for_snapshot():
@@ -282,8 +316,9 @@ def test_index_agrees_with_a_plain_model(ops):
     t = table()
     model: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, dict[str, ClaimRecord]] = {}
     seqs = dict.fromkeys(OWNERS, 1)
-    for owner in OWNERS[1:]:
-        t.apply(snap(owner, 1, 1, hop=HOP_X, hop6=HOP_X6), now=0)
+    for i, owner in enumerate(OWNERS[1:]):  # each peer its own next hops
+        hop, hop6 = ipaddress.ip_address(f"10.200.1.{i}"), ipaddress.ip_address(f"fd20::1:{i}")
+        t.apply(snap(owner, 1, 1, hop=hop, hop6=hop6), now=0)
     for owner, address, stamp in ops:
         record = None if stamp is None else rec(address, cn=owner, stamp=stamp)
         if owner == "me":

@@ -143,3 +143,39 @@ def test_large_status_parses_quickly() -> None:
     elapsed = time.perf_counter() - start
     assert len(report.sessions) == 20_000
     assert elapsed < 3.0, f"20,000 rows took {elapsed:.2f}s"  # ~0.2 s on an idle box
+
+
+def test_last_ref_per_virtual_address_from_the_routing_table() -> None:
+    """Issue 7: Last Ref is the skew-free evidence of which session is live."""
+    report = parse_status(load("real-2.6.14-status3.txt"))
+    assert report.last_ref == {"10.100.100.95": 1795696544, "fd00:100::5f": 1795696544}
+    v26 = parse_status(load("v2.6-status3.txt"))
+    assert v26.last_ref == {"10.100.100.20": 1795694398, "10.100.100.21": 1795694398}
+
+
+def test_a_bad_last_ref_is_a_problem_and_loses_nothing_else() -> None:
+    text = load("real-2.6.14-status3.txt").replace(
+        "fd00:100::5f\tcli1\t198.51.100.2:58528\t2026-11-26 12:35:44\t1795696544",
+        "fd00:100::5f\tcli1\t198.51.100.2:58528\t2026-11-26 12:35:44\tsoon",
+    )
+    report = parse_status(text)
+    assert report.last_ref == {"10.100.100.95": 1795696544}
+    assert len(report.sessions) == 1
+    assert [p.line_number for p in report.problems] == [7]
+
+
+def test_a_common_name_longer_than_the_bus_allows_is_a_row_problem() -> None:
+    """One long name must not reach a snapshot (every peer would refuse it whole)."""
+    from meshroute.codec import MAX_COMMON_NAME
+
+    head = (
+        "HEADER\tCLIENT_LIST\tCommon Name\tReal Address\tVirtual Address\tConnected Since (time_t)"
+    )
+    rows = [
+        f"CLIENT_LIST\t{'x' * (MAX_COMMON_NAME + 1)}\t1.2.3.4:1\t10.8.0.6\t1700000000",
+        f"CLIENT_LIST\t{'y' * MAX_COMMON_NAME}\t1.2.3.5:1\t10.8.0.7\t1700000000",
+    ]
+    report = parse_status("\n".join(["TITLE\tx", head, *rows, "END"]))
+    assert [len(s.common_name) for s in report.sessions] == [MAX_COMMON_NAME]
+    [problem] = report.problems
+    assert problem.line_number == 3 and f"at most {MAX_COMMON_NAME}" in problem.message
