@@ -87,6 +87,13 @@ def log_count(agent, text: str) -> int:
 CLOSED, CONSUMING = ": connection to ", ": consuming meshroute."
 
 
+def isolated(health: dict) -> bool:
+    """The agent knows it cannot hear the bus: frozen (no broker connection) or
+    isolated (its own messages stopped coming back), either way it expires nobody."""
+    problems = health.get("problems") or []
+    return bool(health["frozen"] or any(p.startswith("isolated") for p in problems))
+
+
 def routed_everywhere(agents, address: str, target) -> bool:
     return all(a.routes().get(address) == backbone(target.index) for a in agents if a is not target)
 
@@ -131,7 +138,9 @@ def test_losing_each_node_in_turn_removes_no_route(cluster: Cluster, cmesh: Mesh
             act(cluster, k, action)
             # A client moves during the failover: from `mover` to the agent on node k.
             time.sleep(0.5)
-            target.connect(address, f"host{agents.index(mover)}")
+            # as OpenVPN shows it: the old session goes silent, the new one is live
+            mover.went_silent(address)
+            target.connect(address, f"host{agents.index(mover)}", live=True)
             allowed.add((target.name, address))
             poll(lambda a=on_k, n=closed: log_count(a, CLOSED) > n, 15,
                  f"{on_k.name} to notice b{k} lost")  # fmt: skip
@@ -174,7 +183,7 @@ def test_silent_cut_freezes_the_cut_agent_and_peers_withdraw_after_hold_time(
         while time.monotonic() - started < seconds:
             elapsed = time.monotonic() - started
             health = a.query("health")
-            if froze_at is None and health and health["frozen"]:
+            if froze_at is None and health and isolated(health):
                 froze_at = elapsed
             if withdrawn_at is None and all(address not in p.routes() for p in peers):
                 withdrawn_at = elapsed
