@@ -34,15 +34,22 @@ CUT_SETTINGS = {**SETTINGS, "hold_time": str(CUT_HOLD)}
 
 
 def make_mesh(cluster: Cluster, tmp_path, settings, count: int) -> ClusterMesh:
+    """Agents a, b, c.. with one client each, every route in place (closed on failure:
+    a half-made mesh must not leave agents or namespaces behind)."""
     exchange = f"cl{time.monotonic_ns() % 10**8}"
     m = ClusterMesh(cluster, tmp_path, exchange, settings)
-    for i in range(count):
-        m.add(f"{'abcd'[i]}-{exchange}")
-    for i, agent in enumerate(m.agents.values()):
-        agent.wait_ready(30)
-        agent.connect(f"10.100.100.{50 + i}", f"host{i}")
-    poll(lambda: all(len(a.routes()) == count - 1 for a in m.agents.values()), 15,
-         "every agent routes every other agent's client")  # fmt: skip
+    try:
+        for i in range(count):
+            m.add(f"{'abcd'[i]}-{exchange}")
+        for i, agent in enumerate(m.agents.values()):
+            agent.wait_ready(30)
+            agent.connect(f"10.100.100.{50 + i}", f"host{i}")
+        poll(lambda: all(len(a.routes()) == count - 1 for a in m.agents.values()), 15,
+             "every agent routes every other agent's client")  # fmt: skip
+    except BaseException:
+        m.close()
+        print(m.logs())
+        raise
     return m
 
 
