@@ -19,6 +19,22 @@ Invariants (see docs/protocol.md for the wire side):
 - ``on_connection(True)`` is reported once the queue is consumed, ``False`` once
   when that is lost; reconnects back off exponentially (0.2 s .. 5 s) and rotate
   through the URLs.
+- The agent's queue is **exclusive** by default (see docs/reliability.md for the
+  measurements behind that choice): it lives on the node the agent is connected
+  to and dies with the connection or the node, so losing a cluster node never
+  leaves a queue that nobody can declare (``404 home node ... is down``), and a
+  reconnect to any other node re-creates it at once. Messages sent while it did
+  not exist are lost by design: ``on_connection(True)`` makes the agent ask every
+  peer for a snapshot. ``quorum`` (replicated, survives a node) and ``classic``
+  (durable, the old design) remain selectable for comparison.
+- The topology heals itself: every session declares the exchange, the queue and
+  the binding; while consuming, the exchange and the binding are declared again
+  every ``topology_check`` seconds (idempotent, one round trip), so an exchange
+  deleted and re-created by someone else never leaves this queue unbound for
+  longer than that. Any broker error on the channel (404 on publish included)
+  ends the session and the next one declares everything again.
+- ``Envelope.received_at`` is ``time.monotonic()`` taken on this thread when pika
+  hands the message over (liveness is judged on arrival).
 """
 
 from __future__ import annotations
@@ -44,6 +60,7 @@ from meshroute.bus.base import BusHandler, Envelope
 log = logging.getLogger(__name__)
 
 QUEUE_PREFIX = "meshroute."
+QUEUE_KINDS = ("exclusive", "quorum", "classic")
 
 
 def queue_name(agent: str) -> str:
@@ -84,6 +101,12 @@ class QueueSettings:
     """A queue nobody consumes for this long is deleted by the broker (dead agent)."""
     message_ttl_ms: int = 30_000
     """Messages waiting longer than this are dropped: a returning agent resyncs."""
+    kind: str = "exclusive"
+    """``exclusive`` (default), ``quorum`` or ``classic`` (durable); see the module doc."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in QUEUE_KINDS:
+            raise ValueError(f"queue kind {self.kind!r}: expected one of {', '.join(QUEUE_KINDS)}")
 
 
 @dataclass
@@ -116,6 +139,7 @@ class AmqpBus:
         max_outbox: int = 100_000,
         max_in_flight: int = 10_000,
         declare_exchange: bool = True,
+        topology_check: float = 3.0,
     ) -> None:
         if not urls:
             raise ValueError("AmqpBus needs at least one broker URL")
@@ -132,6 +156,10 @@ class AmqpBus:
         # False: only check that the exchange exists (passive declare needs no
         # configure permission, so an administrator can keep agents from deleting it).
         self._declare_exchange = declare_exchange
+        self._topology_check = topology_check
+        # Set when the broker refused our queue as declared (an older design's
+        # durable queue of the same name): the next session deletes it first.
+        self._replace_queue = False
         self._lock = threading.Lock()
         self._outbox: deque[_Outgoing] = deque()
         self._loop = None  # the current session's IOLoop, set/cleared under _lock
@@ -140,6 +168,7 @@ class AmqpBus:
         self._stop_deadline = 0.0
         self._thread: threading.Thread | None = None
         self._handler: BusHandler | None = None
+        self._conn: SelectConnection | None = None
         self._attempt = 0
         self._reset_session()
 
@@ -196,7 +225,7 @@ class AmqpBus:
                 wait=tenacity.wait_exponential(multiplier=0.2, max=5)
                 + tenacity.wait_random(0, 0.1),
                 stop=tenacity.stop_when_event_set(self._stopping),
-                sleep=self._stopping.wait,
+                sleep=self._sleep,
                 retry=tenacity.retry_if_exception_type(_SessionFailed),
                 reraise=True,
             )
@@ -204,6 +233,9 @@ class AmqpBus:
                 retrying(self._session)
             except _SessionFailed:
                 return  # stopping while the broker is unreachable
+
+    def _sleep(self, seconds: float) -> None:
+        self._stopping.wait(seconds)  # a stop ends the back-off at once
 
     def _session(self) -> None:
         if self._stopping.is_set():
@@ -235,7 +267,7 @@ class AmqpBus:
 
     def _reset_session(self, index: int = 0) -> None:
         self._index = index
-        self._conn: SelectConnection | None = None
+        self._conn = None
         self._channel = None
         self._ready = False
         self._ready_since: float | None = None
@@ -264,24 +296,56 @@ class AmqpBus:
         channel.add_on_close_callback(self._on_channel_closed)
         channel.add_on_cancel_callback(self._on_cancelled)
         channel.confirm_delivery(self._on_confirm)
-        channel.exchange_declare(
-            self.exchange, "fanout", passive=not self._declare_exchange, durable=True
-        )
-        channel.queue_declare(self.queue, durable=True, arguments=self._queue_arguments())
+        self._declare_exchange_on(channel)
+        if self._replace_queue:
+            log.warning("%s: deleting %s, declared differently before", self.name, self.queue)
+            channel.queue_delete(self.queue)
+        kind = self._queue_settings.kind
+        channel.queue_declare(self.queue, durable=kind != "exclusive",
+                              exclusive=kind == "exclusive",
+                              arguments=self._queue_arguments())  # fmt: skip
         channel.queue_bind(self.queue, self.exchange)
         channel.basic_qos(prefetch_count=self._prefetch)
         channel.basic_consume(self.queue, self._on_delivery, callback=self._on_consuming)
 
-    def _queue_arguments(self) -> dict[str, int]:
-        return {
-            "x-expires": self._queue_settings.expires_ms,
-            "x-message-ttl": self._queue_settings.message_ttl_ms,
-        }
+    def _declare_exchange_on(self, channel) -> None:
+        """The exchange, or a passive check of it (idempotent)."""
+        channel.exchange_declare(
+            self.exchange, "fanout", passive=not self._declare_exchange, durable=True
+        )
+
+    def _queue_arguments(self) -> dict[str, int | str]:
+        settings = self._queue_settings
+        args: dict[str, int | str] = {"x-message-ttl": settings.message_ttl_ms}
+        if settings.kind != "exclusive":  # an exclusive queue dies with its connection
+            args["x-expires"] = settings.expires_ms
+        if settings.kind == "quorum":
+            args["x-queue-type"] = "quorum"
+        return args
+
+    def _schedule_topology_check(self) -> None:
+        if self._conn is not None and self._topology_check > 0:
+            self._conn.ioloop.call_later(self._topology_check, self._check_topology)
+
+    def _check_topology(self) -> None:
+        """Declare the exchange and our binding again (someone may have deleted them).
+
+        A broker error closes the channel, which ends the session: the next one
+        declares everything. The next check is scheduled when this one is answered.
+        """
+        channel = self._channel
+        if not self._ready or self._closing or channel is None or not channel.is_open:
+            return
+        self._declare_exchange_on(channel)
+        channel.queue_bind(self.queue, self.exchange,
+                           callback=lambda _frame: self._schedule_topology_check())  # fmt: skip
 
     def _on_consuming(self, _frame) -> None:
         self._ready = True
         self._ready_since = time.monotonic()
         log.info("%s: consuming %s on %s", self.name, self.queue, self._urls[self._index])
+        self._schedule_topology_check()
+        self._replace_queue = False
         self._requeue_unconfirmed()
         self._notify(True)
         self._flush()
@@ -289,7 +353,10 @@ class AmqpBus:
     def _on_channel_closed(self, channel, reason: BaseException) -> None:
         self._channel = None
         if not self._closing:
-            log.warning("%s: channel closed by the broker: %s", self.name, reason)
+            log.warning("%s: channel closed by the broker: %s%s", self.name, reason,
+                        _advice(reason, self.queue))  # fmt: skip
+        if not self._ready and _inequivalent(reason):
+            self._replace_queue = True
         if self._conn is not None and self._conn.is_open:
             self._conn.close()
 
@@ -308,6 +375,8 @@ class AmqpBus:
         conn.ioloop.stop()
 
     def _notify(self, up: bool) -> None:
+        if self._handler is None:
+            return
         try:
             self._handler.on_connection(up)
         except Exception:
@@ -323,8 +392,14 @@ class AmqpBus:
 
     def _on_delivery(self, channel, method, props, body: bytes) -> None:
         envelope = Envelope(
-            body=body, user_id=props.user_id, msg_type=props.type, message_id=props.message_id
+            body=body,
+            user_id=props.user_id,
+            msg_type=props.type,
+            message_id=props.message_id,
+            received_at=time.monotonic(),
         )
+        if self._handler is None:  # start() sets it before any connection exists
+            return
         try:
             self._handler.on_message(envelope)
         except Exception:  # a handler bug must not kill the I/O thread
@@ -455,6 +530,36 @@ def _ssl_options(host: str, tls: TlsSettings) -> pika.SSLOptions:
         key = str(tls.key_file) if tls.key_file else None
         context.load_cert_chain(str(tls.cert_file), key)
     return pika.SSLOptions(context, server_hostname=tls.server_hostname or host)
+
+
+def _inequivalent(reason: BaseException) -> bool:
+    """The broker refused our declare because the existing queue differs.
+
+    406 for other arguments; 405 for a durable queue where we declare an exclusive
+    one (405 also means "held by our previous connection": then the delete fails
+    the same way and the retry goes on until the broker drops that connection).
+    """
+    code, text = getattr(reason, "reply_code", None), str(getattr(reason, "reply_text", ""))
+    return (code == 406 and "inequivalent" in text) or code == 405
+
+
+def _advice(reason: BaseException, queue: str) -> str:
+    """What an operator should know about a channel error (empty if nothing)."""
+    code = getattr(reason, "reply_code", None)
+    text = str(getattr(reason, "reply_text", ""))
+    if code == 404 and "home node" in text:
+        return (
+            f" (a durable queue {queue} left on a node that is down: it blocks this "
+            "agent until that node is back or removed with `rabbitmqctl "
+            "forget_cluster_node`; meshroute's own queues are exclusive and never do)"
+        )
+    if code == 405:
+        return (
+            f" ({queue} is still held by our previous connection, which the broker "
+            "drops after its heartbeat timeout, or is a durable queue of an older "
+            "meshroute; deleting it and retrying)"
+        )
+    return ""
 
 
 _PERMANENT = (

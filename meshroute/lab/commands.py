@@ -16,7 +16,7 @@ import sys
 
 import click
 
-from meshroute.lab.topology import MAX_CLIENTS, MAX_SERVERS, node_netns
+from meshroute.lab.topology import MAX_BROKERS, MAX_CLIENTS, MAX_SERVERS, node_netns
 
 AGENT_SIGNALS = {"stop": signal.SIGTERM, "kill": signal.SIGKILL, "restart": signal.SIGUSR1}
 
@@ -59,19 +59,21 @@ def lab() -> None:
 @_prefix
 @click.option("--servers", default=3, show_default=True, type=click.IntRange(1, MAX_SERVERS))
 @click.option("--clients", default=6, show_default=True, type=click.IntRange(0, MAX_CLIENTS))
+@click.option("--brokers", default=1, show_default=True, type=click.IntRange(1, MAX_BROKERS),
+              help="RabbitMQ nodes; more than 1 makes a cluster b1..bK.")  # fmt: skip
 @click.option("--timeout", default=90.0, show_default=True, help="Seconds to wait for it all.")
 @click.option("--hooks", type=click.Choice(["auto", "plugin", "script"]), default="auto",
               show_default=True,
               help="OpenVPN -> agent events: the C plugin, the script hooks, or auto "
                    "(the plugin when it is built).")  # fmt: skip
-def up(prefix: str, servers: int, clients: int, timeout: float, hooks: str) -> None:
+def up(prefix: str, servers: int, clients: int, brokers: int, timeout: float, hooks: str) -> None:
     """Build the lab and return once every agent has converged."""
     from meshroute.lab.status import lab_status, render_where
 
     the_lab = _lab(prefix)
     logging.getLogger("meshroute.lab.lab").setLevel(logging.INFO)  # progress on stderr
     try:
-        took = the_lab.up(servers, clients, timeout, hooks)
+        took = the_lab.up(servers, clients, timeout, hooks, brokers=brokers)
     except Exception as exc:  # whatever failed, say where the logs are and how to clean up
         click.echo(f"error: lab up failed: {exc}", err=True)
         if the_lab.paths.root.exists():
@@ -168,17 +170,25 @@ def agent(prefix: str, action: str, server: str) -> None:
 
 @lab.command()
 @_prefix
-@click.argument("action", type=click.Choice(["stop", "start"]))
-def broker(prefix: str, action: str) -> None:
-    """Stop or start the broker (stop drops every agent's connection)."""
+@click.argument("action", type=click.Choice(["stop", "start", "kill"]))
+@click.argument("node", required=False)
+def broker(prefix: str, action: str, node: str | None) -> None:
+    """Stop, start or SIGKILL broker NODE (b1.. of a cluster), or every node without one.
+
+    A single broker's stop stops its application (every agent's connection drops);
+    a cluster node's stop stops that node, and its agents move to the others.
+    """
     from meshroute.lab.lab import LabError
 
     the_lab = _lab(prefix)
+    actions = {"stop": the_lab.broker_stop, "start": the_lab.broker_start,
+               "kill": the_lab.broker_kill}  # fmt: skip
     try:
-        the_lab.broker_stop() if action == "stop" else the_lab.broker_start()
-    except (LabError, OSError, RuntimeError) as exc:
+        actions[action](node)
+    except (LabError, OSError, RuntimeError, KeyError) as exc:
         _fail(exc)
-    click.echo(f"broker {'stopped' if action == 'stop' else 'started'}")
+    done = {"stop": "stopped", "start": "started", "kill": "killed"}[action]
+    click.echo(f"broker {node} {done}" if node else f"broker {done}")
 
 
 @lab.command(name="exec", context_settings={"ignore_unknown_options": True})

@@ -166,7 +166,11 @@ class AgentTimings:
 
 
 def write_agent(
-    paths: LabPaths, server: ServerPlan, broker_url: str, timings: AgentTimings
+    paths: LabPaths,
+    server: ServerPlan,
+    broker_url: str,
+    timings: AgentTimings,
+    metrics_listen: str | None = None,
 ) -> Path:
     lines = {
         "name": server.name,
@@ -189,6 +193,8 @@ def write_agent(
         "resync_interval": timings.resync_interval,
         "log_level": "info",
     }
+    if metrics_listen is not None:
+        lines["metrics_listen"] = metrics_listen
     text = f"# meshroute lab agent {server.name}\n" + "".join(
         f"{key} = {value}\n" for key, value in lines.items()
     )

@@ -13,6 +13,11 @@ Invariants:
   inside the prefix's namespaces, deletes those namespaces and the lab directory.
   It is idempotent and works after a crash anywhere in ``up``.
 - The root namespace is never changed (see :mod:`meshroute.lab.netns`).
+- With ``brokers`` > 1 the broker is a RabbitMQ cluster ``b1..bK`` (one node per
+  namespace on the backbone, ``pause_minority``), every agent is given every
+  node's URL starting with a different node, and ``lab broker ACTION [bK]`` acts
+  on one node or on all. Every node serves the management UI on port 15672 and
+  every agent its metrics on its backbone address, port 9100.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import secrets
 import shutil
 import signal
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -33,13 +39,30 @@ from meshroute.lab.files import (
     LabPaths,
     write_agent,
     write_client,
+    write_secret,
     write_server,
 )
 from meshroute.lab.openvpn_conf import choose_hook
 from meshroute.lab.pki import CertKey, Pki, make_pki
-from meshroute.lab.rabbitmq import RabbitNode
+from meshroute.lab.rabbitmq import ClusterSpec, RabbitNode, join_cluster
 from meshroute.lab.state import LabState, LabStore
-from meshroute.lab.topology import AMQP_PORT, LabPlan, make_plan, owns_namespace
+from meshroute.lab.topology import (
+    AMQP_PORT,
+    BACKBONE_IF,
+    BRIDGE_BACKBONE,
+    MANAGEMENT_PORT,
+    BrokerPlan,
+    LabPlan,
+    ServerPlan,
+    make_plan,
+    owns_namespace,
+    veth_names,
+)
+
+METRICS_PORT = 9100
+UI_USER = "admin"
+NET_TICKTIME = 10
+"""Seconds; a partitioned cluster node notices within 7.5-12.5 s (default 60)."""
 
 log = logging.getLogger(__name__)
 
@@ -73,16 +96,39 @@ class Lab:
 
     def plan(self, state: LabState | None = None) -> LabPlan:
         state = state or self.state()
-        return make_plan(state.prefix, state.servers, state.clients)
+        return make_plan(state.prefix, state.servers, state.clients, state.brokers)
 
     def broker(self, plan: LabPlan) -> RabbitNode:
-        return RabbitNode(
-            self.paths.broker,
-            node_name=plan.broker_ns,
-            port=AMQP_PORT,
-            netns=plan.broker_ns,
-            bind=str(plan.broker),
-        )
+        """The first (or only) broker node."""
+        return self.brokers(plan)[0]
+
+    def brokers(self, plan: LabPlan) -> list[RabbitNode]:
+        return [self._node(plan, b) for b in plan.brokers]
+
+    def _node(self, plan: LabPlan, broker: BrokerPlan) -> RabbitNode:
+        if not plan.clustered:  # the single node keeps its old name and directory
+            return RabbitNode(self.paths.broker, node_name=plan.broker_ns, port=AMQP_PORT,
+                              netns=plan.broker_ns, bind=str(plan.broker),
+                              management_port=MANAGEMENT_PORT)  # fmt: skip
+        base = self.paths.broker / broker.name
+        spec = ClusterSpec(self._cookie(), net_ticktime=NET_TICKTIME)
+        return RabbitNode(base, node_name=broker.name, port=AMQP_PORT, netns=broker.netns,
+                          bind=str(broker.address), management_port=MANAGEMENT_PORT,
+                          cluster=spec)  # fmt: skip
+
+    @property
+    def admin_password_file(self) -> Path:
+        """The management UI user's password (user ``admin``; file mode 0600)."""
+        return self.paths.broker / "admin.pw"
+
+    def _cookie(self) -> str:
+        """The cluster's Erlang cookie: made once, kept in the broker directory."""
+        path = self.paths.broker / "cookie"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_hex(20))
+            path.chmod(0o600)
+        return path.read_text().strip()
 
     def pki(self, plan: LabPlan) -> Pki:
         """The PKI ``up`` made (file names as :func:`make_pki` writes them)."""
@@ -107,11 +153,19 @@ class Lab:
 
     # --- up ---------------------------------------------------------------------------
 
-    def up(self, servers: int, clients: int, timeout: float = 90.0, hooks: str = "auto") -> float:
+    def up(
+        self,
+        servers: int,
+        clients: int,
+        timeout: float = 90.0,
+        hooks: str = "auto",
+        brokers: int = 1,
+    ) -> float:
         """Build and start everything; return the seconds it took to converge.
-        ``hooks``: how OpenVPN hands events to the agents (plugin, script, auto)."""
+        ``hooks``: how OpenVPN hands events to the agents (plugin, script, auto);
+        ``brokers``: RabbitMQ nodes (more than one: a cluster b1..bK)."""
         started = time.monotonic()
-        plan = make_plan(self.prefix, servers, clients)
+        plan = make_plan(self.prefix, servers, clients, brokers)
         try:  # refuse a missing plugin before making anything
             choose_hook(hooks, self.paths.root)
         except ValueError as exc:
@@ -124,21 +178,25 @@ class Lab:
             )
         state = LabState(self.prefix, servers, clients, created=time.time(),
                          client_server={c.name: c.home for c in plan.clients},
-                         broker_port=AMQP_PORT)  # fmt: skip
+                         broker_port=AMQP_PORT, brokers=brokers)  # fmt: skip
         self.store.save(state)
         netns.create_namespaces(plan)
         netns.build_network(plan)
+        self._wire_more_brokers(plan)
         log.info("lab %s: network built in %.1fs", self.prefix, time.monotonic() - started)
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            broker = self.broker(plan)
-            booting = pool.submit(broker.start, 90.0)
+        with ThreadPoolExecutor(max_workers=len(plan.brokers)) as pool:
+            nodes = self.brokers(plan)
+            booting = [pool.submit(node.start, 90.0) for node in nodes]
             pki = make_pki(self.paths.pki, list(plan.server_names), [c.name for c in plan.clients])
             self._start_openvpn(plan, pki, hooks)
             log.info("lab %s: OpenVPN servers and clients started after %.1fs", self.prefix,
                      time.monotonic() - started)  # fmt: skip
-            booting.result()
-        log.info("lab %s: broker up after %.1fs", self.prefix, time.monotonic() - started)
-        self._start_agents(plan, broker)
+            for boot in booting:
+                boot.result()
+        join_cluster(nodes)
+        log.info("lab %s: %d broker node(s) up after %.1fs", self.prefix, len(nodes),
+                 time.monotonic() - started)  # fmt: skip
+        self._start_agents(plan, nodes)
         log.info("lab %s: agents started after %.1fs; waiting for them to converge",
                  self.prefix, time.monotonic() - started)  # fmt: skip
         problems = self.wait_converged(timeout - (time.monotonic() - started))
@@ -147,6 +205,21 @@ class Lab:
         if problems:
             raise LabError("the agents did not converge:\n  " + "\n  ".join(problems[:20]))
         return time.monotonic() - started
+
+    def _wire_more_brokers(self, plan: LabPlan) -> None:
+        """Backbone links and addresses of cluster nodes 2..K (netns wires the first)."""
+        for broker in plan.brokers[1:]:
+            outer = veth_names(broker.name)[1]
+            netns.batch(plan.net_ns, [
+                f"link add {outer} type veth peer name {BACKBONE_IF} netns {broker.netns}",
+                f"link set {outer} master {BRIDGE_BACKBONE}",
+                f"link set {outer} up",
+            ])  # fmt: skip
+            netns.batch(broker.netns, [
+                f"addr add {broker.address}/24 dev {BACKBONE_IF}",
+                f"addr add {broker.address6}/64 dev {BACKBONE_IF} nodad",
+                f"link set {BACKBONE_IF} up",
+            ])  # fmt: skip
 
     def _start_openvpn(self, plan: LabPlan, pki: Pki, hooks: str = "auto") -> None:
         for server in plan.servers:
@@ -187,11 +260,18 @@ class Lab:
             state.client_server[client] = server
             state.client_since[client] = since
 
-    def _start_agents(self, plan: LabPlan, broker: RabbitNode) -> None:
+    def _start_agents(self, plan: LabPlan, nodes: list[RabbitNode]) -> None:
         passwords = {s.name: secrets.token_urlsafe(18) for s in plan.servers}
-        urls = broker.add_agents(passwords)
+        nodes[0].add_agents(passwords)  # users are cluster-wide
+        admin_pw = secrets.token_urlsafe(12)
+        nodes[0].add_user(UI_USER, admin_pw, ".*", ".*", ".*", tags=("administrator",))
+        write_secret(self.admin_password_file, admin_pw + "\n")
+        by_name = dict(zip((b.name for b in plan.brokers), nodes, strict=True))
         for server in plan.servers:
-            write_agent(self.paths, server, urls[server.name], self.timings)
+            urls = [by_name[b.name].url_for(server.name, passwords[server.name])
+                    for b in plan.broker_order(server)]  # fmt: skip
+            write_agent(self.paths, server, ", ".join(urls), self.timings,
+                        metrics_listen=metrics_listen(server))  # fmt: skip
             self.start_agent(server.name)
 
     def wait_converged(self, timeout: float) -> list[str]:
@@ -240,16 +320,40 @@ class Lab:
         _wait(lambda: self.agent_pid(server) is None, timeout, f"agent {server} to leave")
         return pid
 
-    def broker_stop(self) -> None:
-        """Stop the broker application: every AMQP connection drops, users stay."""
-        self.broker(self.plan()).stop_app()
+    def broker_nodes(self, name: str | None) -> list[tuple[str, RabbitNode]]:
+        """(name, node) of broker ``name``, or of every broker when ``name`` is None."""
+        plan = self.plan()
+        chosen = plan.brokers if name is None else (plan.broker_node(name),)
+        return [(b.name, self._node(plan, b)) for b in chosen]
 
-    def broker_start(self) -> None:
-        node = self.broker(self.plan())
-        if node.is_running():
-            node.start_app()
-        else:
-            node.start(90.0)
+    def broker_stop(self, name: str | None = None) -> None:
+        """Stop the broker application (a single broker) or the node (a cluster's).
+
+        Stopping a single broker's application keeps its data and users; a cluster
+        node is stopped as ``systemctl stop`` would, and its peers carry on.
+        """
+        clustered = self.plan().clustered
+        for _, node in self.broker_nodes(name):
+            node.stop(30.0) if clustered else node.stop_app()
+
+    def broker_kill(self, name: str | None = None) -> None:
+        """SIGKILL the node(s): no goodbye to clients or cluster peers."""
+        for _, node in self.broker_nodes(name):
+            node.kill()
+
+    def broker_start(self, name: str | None = None) -> None:
+        nodes = [node for _, node in self.broker_nodes(name)]
+        # A cluster node waits at boot for its peers: start them all at once.
+        threads = [threading.Thread(target=_start_node, args=(n,)) for n in nodes]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        down = [n.node for n in nodes if not n.is_running()]
+        if down:
+            raise LabError(
+                f"broker node(s) {', '.join(down)} did not start; see {self.paths.broker}"
+            )
 
     def move(self, client: str, server: str, wait: float | None = 30.0) -> float:
         """Restart ``client``'s OpenVPN with ``server`` first in its list.
@@ -278,14 +382,16 @@ class Lab:
         removed: list[str] = []
         if self.store.exists():
             # The broker's clean stop (~1.5 s) overlaps the clients' exit notifications.
-            with ThreadPoolExecutor(max_workers=1) as pool:
-                broker = None
+            plan = self.plan()
+            with ThreadPoolExecutor(max_workers=len(plan.brokers)) as pool:
+                stopping = []
                 if self.paths.broker.exists():
-                    broker = pool.submit(self.broker(self.plan()).stop, 15.0)
+                    stopping = [pool.submit(node.stop, 15.0) for node in self.brokers(plan)]
                 removed += self._stop_recorded()
-                if broker is not None:
-                    broker.result()
-                    removed.append("broker")
+                for stop in stopping:
+                    stop.result()
+                if stopping:
+                    removed.append("broker" if len(stopping) == 1 else f"{len(stopping)} brokers")
         for ns in [ns for ns in netns.list_netns() if owns_namespace(self.prefix, ns)]:
             procs.stop_many(netns.netns_pids(ns))
             netns.delete_netns(ns)
@@ -309,6 +415,21 @@ class Lab:
                 mine.append((role, pid))
         procs.stop_many([pid for _, pid in mine])
         return [f"{role} (pid {pid})" for role, pid in mine]
+
+
+def metrics_listen(server: ServerPlan) -> str:
+    """Where agent ``server`` serves its metrics (its backbone address)."""
+    return f"{server.backbone}:{METRICS_PORT}"
+
+
+def _start_node(node: RabbitNode) -> None:
+    try:
+        if node.is_running():
+            node.start_app()
+        else:
+            node.start(90.0)
+    except Exception as exc:  # reported by the caller, which checks every node
+        log.warning("%s: %s", node.node, exc)
 
 
 def _wait(condition, timeout: float, what: str) -> None:

@@ -9,6 +9,11 @@ Invariants:
 - A pid is trusted only while the process there still carries our ``marker`` (a
   path unique to that process, e.g. its config file) in its command line: a pid
   recycled by an unrelated process is never signalled. Zombies count as gone.
+- A child this process started and has not reaped is judged by ``waitpid`` and the
+  argv it was started with, never by /proc/PID/cmdline: while a process execs
+  (``ip netns exec`` becoming OpenVPN) the kernel shows an empty command line for
+  a moment, and "s3.openvpn exited" was once reported for a running OpenVPN. An
+  unreaped child's pid cannot have been reused, so nothing is lost by that.
 - Nothing is ever stopped by name (no pkill/killall).
 """
 
@@ -27,32 +32,52 @@ from meshroute.lab.netns import exec_argv
 
 log = logging.getLogger(__name__)
 
+_children: dict[int, bytes] = {}
+"""pid -> the NUL-joined argv of every child started here and not yet reaped."""
 
-def spawn(netns: str, argv: Sequence[str], log_file: Path) -> int:
-    """Start ``argv`` inside ``netns``; its stdout and stderr go to ``log_file``."""
+
+def spawn(netns: str | None, argv: Sequence[str], log_file: Path) -> int:
+    """Start ``argv`` inside ``netns`` (None: here); output goes to ``log_file``."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
+    full = exec_argv(netns, argv) if netns else list(argv)
     with open(log_file, "ab") as out:
         proc = subprocess.Popen(
-            exec_argv(netns, argv),
+            full,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    _children[proc.pid] = b"\0".join(a.encode() for a in full)
     return proc.pid
 
 
-def _reap(pid: int) -> None:
-    """Collect ``pid`` if it is our exited child (no zombie left behind)."""
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
+def _child_state(pid: int) -> bool | None:
+    """For a child of ours: True while it runs, False once exited (and reaped).
+
+    None if ``pid`` is not our child (or no longer: a reaped pid may be reused).
+    """
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except (ChildProcessError, OSError):
+        _children.pop(pid, None)
+        return None
+    if done == 0:
+        return True
+    _children.pop(pid, None)
+    return False
 
 
 def alive(pid: int | None, marker: str | None = None) -> bool:
     """True if ``pid`` runs (not a zombie) and, with ``marker``, its argv contains it."""
     if not pid:
         return False
-    _reap(pid)
+    argv = _children.get(pid)
+    running = _child_state(pid)
+    if running is False:
+        return False
+    if running and argv is not None:  # started here: its argv is known, not guessed
+        return marker is None or marker.encode() in argv
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()

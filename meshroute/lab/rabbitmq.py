@@ -21,6 +21,13 @@ Invariants:
   by ``tls.ca``. Without ``tls`` the rendered config is exactly the plain one.
 - With ``netns``, epmd, the node and every ``rabbitmqctl`` run inside that network
   namespace (its loopback must be up).
+- A cluster (:class:`ClusterSpec`): every node runs in a namespace of its own, is
+  named ``NAME@BIND`` (Erlang long names, so each node finds the others by
+  address), shares the cluster's cookie, and has its epmd listen on its own
+  address too. :func:`join_cluster` joins nodes 2..N to node 1. Partitions are
+  handled as the spec says (``pause_minority``: a node that sees less than half of
+  the cluster stops serving, so its clients reconnect to the majority) and
+  detected within about ``net_ticktime`` seconds.
 """
 
 from __future__ import annotations
@@ -61,6 +68,23 @@ class NodeTls:
     """Require a client certificate signed by ``ca`` (else any client may connect)."""
 
 
+@dataclass(frozen=True)
+class ClusterSpec:
+    """What every node of one cluster shares."""
+
+    cookie: str
+    """The Erlang cookie (every node of the cluster must have the same one)."""
+    partition_handling: str = "pause_minority"
+    net_ticktime: int = 60
+    """Seconds; a silent peer node is declared down after 0.75-1.25 times this."""
+
+
+def join_cluster(nodes: list[RabbitNode]) -> None:
+    """Join ``nodes[1:]`` to ``nodes[0]``'s cluster (all of them started)."""
+    for node in nodes[1:]:
+        node.join(nodes[0])
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nobody listens on now (in this network namespace)."""
     with socket.socket() as s:
@@ -83,9 +107,17 @@ class RabbitNode:
         bind: str = "127.0.0.1",
         management_port: int | None = None,
         tls: NodeTls | None = None,
+        cluster: ClusterSpec | None = None,
+        node_host: str | None = None,
     ) -> None:
+        if cluster is not None and netns is None:
+            raise ValueError("a cluster node needs a network namespace of its own")
         self.base_dir = Path(base_dir).resolve()
-        self.node = f"{node_name}@localhost"
+        self.cluster = cluster
+        # A cluster node is named after the address its peers reach it at (the
+        # cluster network when that is separate from the clients' one).
+        self.node_host = node_host or bind
+        self.node = f"{node_name}@{self.node_host if cluster else 'localhost'}"
         self.port = port
         # In a namespace of its own the defaults cannot clash with anybody.
         self.dist_port = dist_port or (25672 if netns else free_port())
@@ -104,7 +136,8 @@ class RabbitNode:
             raise RuntimeError(f"{self.node} is already running (pid file in {self.base_dir})")
         self._write_files()
         started = time.monotonic()
-        self._spawn("epmd", ["epmd", "-port", str(self.epmd_port), "-address", "127.0.0.1"])
+        listen = "127.0.0.1" if self.cluster is None else f"127.0.0.1,{self.node_host}"
+        self._spawn("epmd", ["epmd", "-port", str(self.epmd_port), "-address", listen])
         self._spawn("launcher", [str(RABBIT_BIN / "rabbitmq-server")])
         try:
             self._await_startup(started + timeout)
@@ -137,13 +170,42 @@ class RabbitNode:
         self.ctl("start_app")
         self.ctl("await_startup")
 
+    def kill(self) -> None:
+        """SIGKILL the node (no goodbye to clients or peers; the kernel closes sockets)."""
+        self._end("server", 0.0, signal.SIGKILL)
+        self._end("launcher", 5.0, signal.SIGTERM)
+        self._end("epmd", 0.0, signal.SIGTERM)
+
+    def join(self, seed: RabbitNode) -> None:
+        """Join the cluster of ``seed`` (this node's data is reset)."""
+        self.ctl("stop_app")
+        self.ctl("reset")
+        self.ctl("join_cluster", seed.node)
+        self.ctl("start_app")
+        self.ctl("await_startup")
+
+    def running_nodes(self) -> list[str]:
+        """The cluster's running nodes as this node sees them."""
+        out = self.ctl("cluster_status", "--formatter", "json")
+        return sorted(json.loads(out).get("running_nodes", []))
+
     # -- users -------------------------------------------------------------------------
 
     def add_user(
-        self, name: str, password: str, configure: str, write: str, read: str, vhost: str = "/"
+        self,
+        name: str,
+        password: str,
+        configure: str,
+        write: str,
+        read: str,
+        vhost: str = "/",
+        tags: tuple[str, ...] = (),
     ) -> None:
-        """Create (or update) a user with permissions on ``vhost``."""
-        self._import_users({name: password}, lambda _: Permissions(configure, write, read), vhost)
+        """Create (or update) a user with permissions on ``vhost`` (``tags``: e.g.
+        ``administrator`` for the management UI)."""
+        self._import_users(
+            {name: password}, lambda _: Permissions(configure, write, read), vhost, tags
+        )
 
     def add_agent(self, name: str, password: str, exchange: str = "meshroute") -> str:
         """A user with :func:`agent_permissions`; returns its URL."""
@@ -157,7 +219,11 @@ class RabbitNode:
         return {name: self.url_for(name, pw) for name, pw in passwords.items()}
 
     def _import_users(
-        self, passwords: Mapping[str, str], perms: Callable[[str], Permissions], vhost: str
+        self,
+        passwords: Mapping[str, str],
+        perms: Callable[[str], Permissions],
+        vhost: str,
+        tags: tuple[str, ...] = (),
     ) -> None:
         # One import_definitions call instead of two rabbitmqctl calls per user
         # (each costs ~0.3 s), and no password on any command line.
@@ -168,7 +234,7 @@ class RabbitNode:
                     "name": name,
                     "password_hash": _password_hash(password),
                     "hashing_algorithm": "rabbit_password_hashing_sha256",
-                    "tags": [],
+                    "tags": list(tags),
                 }
             )
             p = perms(name)
@@ -225,9 +291,14 @@ class RabbitNode:
             d.mkdir(parents=True, exist_ok=True)
         cookie = home / ".erlang.cookie"
         if not cookie.exists():
-            cookie.write_text(secrets.token_hex(20))
+            cookie.write_text(self.cluster.cookie if self.cluster else secrets.token_hex(20))
             cookie.chmod(0o400)
         conf = [f"listeners.tcp.1 = {self.bind}:{self.port}", "loopback_users = none"]
+        if self.cluster is not None:
+            conf += [
+                f"cluster_partition_handling = {self.cluster.partition_handling}",
+                f"net_ticktime = {self.cluster.net_ticktime}",
+            ]
         plugins = []
         if self.management_port is not None:
             conf += [
@@ -273,6 +344,7 @@ class RabbitNode:
             "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-start_epmd false",
             "RABBITMQ_CTL_ERL_ARGS": "-start_epmd false",
             "RABBITMQ_CONF_ENV_FILE": str(b / "rabbitmq-env.conf"),
+            "RABBITMQ_USE_LONGNAME": "true" if self.cluster else "false",
         }
 
     def _in_netns(self, cmd: list[str]) -> list[str]:

@@ -40,6 +40,8 @@ class LabState:
     """client -> when its current OpenVPN process started (unix time): a claim older
     than that is a stale session, not the one to wait for."""
     broker_port: int = 0
+    brokers: int = 1
+    """RabbitMQ nodes: 1 (``broker``) or a cluster ``b1..bK``."""
     created: float = 0.0
 
 

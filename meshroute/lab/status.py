@@ -11,8 +11,9 @@ from typing import Any
 
 from meshroute.control import TABLE_COLUMNS, format_rows
 from meshroute.lab import procs
-from meshroute.lab.lab import Lab
+from meshroute.lab.lab import UI_USER, Lab, metrics_listen
 from meshroute.lab.observe import ask
+from meshroute.lab.topology import MANAGEMENT_PORT
 
 
 def lab_status(lab: Lab) -> dict[str, Any]:
@@ -20,6 +21,17 @@ def lab_status(lab: Lab) -> dict[str, Any]:
     plan = lab.plan(state)
     paths = lab.paths
     broker = lab.broker(plan)
+    nodes = [
+        {
+            "name": b.name,
+            "netns": b.netns,
+            "address": f"{b.address}:{state.broker_port}",
+            "running": node.is_running(),
+            "management_ui": f"http://{b.address}:{MANAGEMENT_PORT}/",
+            "log_dir": str(node.base_dir / "log"),
+        }
+        for b, node in zip(plan.brokers, lab.brokers(plan), strict=True)
+    ]
     servers = []
     for s in plan.servers:
         openvpn_pid = state.pids.get(f"{s.name}.openvpn")
@@ -43,6 +55,7 @@ def lab_status(lab: Lab) -> dict[str, Any]:
                 "control_socket": str(sock),
                 "openvpn_log": str(paths.log(s.name, "openvpn")),
                 "agent_log": str(paths.log(s.name, "agent")),
+                "metrics_url": f"http://{metrics_listen(s)}/metrics",
                 "health": health if isinstance(health, dict) else {"error": health},
                 "table": table["claims"] if isinstance(table, dict) else None,
             }
@@ -77,6 +90,10 @@ def lab_status(lab: Lab) -> dict[str, Any]:
             "running": broker.is_running(),
             "url": f"amqp://<server>:***@{plan.broker}:{state.broker_port}/%2F",
             "log_dir": str(paths.broker / "log"),
+            "management_ui": f"http://{plan.broker}:{MANAGEMENT_PORT}/",
+            "management_user": UI_USER,
+            "management_password_file": str(lab.admin_password_file),
+            "nodes": nodes,
         },
         "servers": servers,
         "clients": clients,
@@ -98,8 +115,7 @@ def render_status(status: dict[str, Any]) -> str:
     lines = [
         f"lab {status['prefix']} ({status['phase']}): {status['dir']}",
         f"logs: {status['logs']}",
-        f"broker: {b['address']} in netns {b['netns']} "
-        f"({'running' if b['running'] else 'NOT running'}), log dir {b['log_dir']}",
+        *_broker_lines(b),
         "",
         "servers:",
     ]
@@ -117,6 +133,7 @@ def render_status(status: dict[str, Any]) -> str:
             f"  agent {'pid ' + str(s['agent_pid']) if s['agent_running'] else ''} {agent}"
             f"  control {s['control_socket']}"
         )
+        lines.append(f"      metrics {s['metrics_url']}")
     lines += ["", "clients:"]
     for c in status["clients"]:
         state = "up" if c["openvpn_running"] else "DOWN"
@@ -136,6 +153,20 @@ def render_status(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _broker_lines(b: dict[str, Any]) -> list[str]:
+    """One line per broker node: address, state, management UI, logs."""
+    lines = []
+    for node in b["nodes"]:
+        lines.append(
+            f"broker {node['name']}: {node['address']} in netns {node['netns']} "
+            f"({'running' if node['running'] else 'NOT running'}), "
+            f"UI {node['management_ui']}, log dir {node['log_dir']}"
+        )
+    lines.append(f"management UI user {b['management_user']}, password in "
+                 f"{b['management_password_file']}")  # fmt: skip
+    return lines
+
+
 def render_where(status: dict[str, Any]) -> str:
     """What ``lab up`` prints: where everything is and what to try next."""
     p, b = status["prefix"], status["broker"]
@@ -145,6 +176,7 @@ def render_where(status: dict[str, Any]) -> str:
         f"  directory  {status['dir']}   (state in lab.json)",
         f"  logs       {status['logs']}",
         f"  broker     {b['url']} in netns {b['netns']} (per-agent users)",
+        *(f"  UI         {n['management_ui']} ({n['name']})" for n in b["nodes"]),
     ]
     for s in status["servers"]:
         lines.append(

@@ -4,15 +4,17 @@ Everything the lab creates is derived here from ``(prefix, servers, clients)``, 
 ``up``, ``status``, ``down`` and the tests agree on every name without asking the
 kernel. Invariants:
 
-- Namespace names are ``{prefix}-net`` (the bridges), ``{prefix}-broker``,
-  ``{prefix}-s1..sN`` and ``{prefix}-c1..cM``; :func:`owns_namespace` recognises
-  exactly these, so ``down`` never touches a namespace it did not make.
+- Namespace names are ``{prefix}-net`` (the bridges), ``{prefix}-broker`` (one
+  broker) or ``{prefix}-b1..bK`` (a cluster of K), ``{prefix}-s1..sN`` and
+  ``{prefix}-c1..cM``; :func:`owns_namespace` recognises exactly these, so
+  ``down`` never touches a namespace it did not make.
 - Interface names are at most 15 characters and never include the prefix: every
   interface lives in one of the lab's namespaces, never in the root namespace.
 - Addresses are lab-only: the "internet" underlay 198.18.0.0/16 (RFC 2544
   benchmark range), the backbone 10.200.200.0/24 + fd00:200::/64 (server K = .K,
-  broker .254), the VPN subnet 10.100.100.0/24 + fd00:100::/64 (server K's tun =
-  .K, dynamic pools disjoint in .128-.254, client J's sticky address .64+J).
+  broker .254, cluster node bK .255-K), the VPN subnet 10.100.100.0/24 +
+  fd00:100::/64 (server K's tun = .K, dynamic pools disjoint in .128-.254,
+  client J's sticky address .64+J).
 - A client's IPv6 host part equals its IPv4 host part, as OpenVPN's pools do.
 """
 
@@ -33,9 +35,12 @@ BROKER_HOST = 254
 POOL_OFFSET = 128  # dynamic pools live in .128-.254
 STICKY_OFFSET = 64  # client J's fixed address is .64+J, outside every pool
 MAX_SERVERS = 16
+MAX_BROKERS = 5
+MANAGEMENT_PORT = 15672
 MAX_CLIENTS = POOL_OFFSET - STICKY_OFFSET - 1
 OPENVPN_PORT = 1194
 AMQP_PORT = 5672
+NODE_RE = r"net|broker|[bsc][1-9][0-9]*"
 PREFIX_RE = re.compile(r"[a-z][a-z0-9]{0,15}")
 TUN, UNDERLAY_IF, BACKBONE_IF = "tun0", "inet0", "bb0"
 BRIDGE_UNDERLAY, BRIDGE_BACKBONE = "br-inet", "br-bb"
@@ -73,10 +78,21 @@ class ClientPlan:
 
 
 @dataclass(frozen=True)
+class BrokerPlan:
+    """One RabbitMQ node: ``broker`` alone, or ``bK`` of a cluster."""
+
+    name: str
+    netns: str
+    address: ipaddress.IPv4Address
+    address6: ipaddress.IPv6Address
+
+
+@dataclass(frozen=True)
 class LabPlan:
     prefix: str
     servers: tuple[ServerPlan, ...]
     clients: tuple[ClientPlan, ...]
+    brokers: tuple[BrokerPlan, ...] = ()
 
     @property
     def net_ns(self) -> str:
@@ -84,21 +100,37 @@ class LabPlan:
 
     @property
     def broker_ns(self) -> str:
-        return f"{self.prefix}-broker"
+        """The first broker's namespace (the only one without a cluster)."""
+        return self.brokers[0].netns
 
     @property
     def broker(self) -> ipaddress.IPv4Address:
-        return BACKBONE4.network_address + BROKER_HOST
+        return self.brokers[0].address
 
     @property
     def broker6(self) -> ipaddress.IPv6Address:
-        return BACKBONE6.network_address + BROKER_HOST
+        return self.brokers[0].address6
+
+    @property
+    def clustered(self) -> bool:
+        return len(self.brokers) > 1
+
+    def broker_node(self, name: str) -> BrokerPlan:
+        for node in self.brokers:
+            if node.name == name:
+                return node
+        raise KeyError(f"no broker {name!r} (brokers: {', '.join(b.name for b in self.brokers)})")
+
+    def broker_order(self, server: ServerPlan) -> tuple[BrokerPlan, ...]:
+        """The brokers in the order server ``server`` tries them (spread over nodes)."""
+        first = (server.index - 1) % len(self.brokers)
+        return self.brokers[first:] + self.brokers[:first]
 
     @property
     def namespaces(self) -> tuple[str, ...]:
         """Every namespace, the bridge namespace first (it is made first)."""
-        nodes = (n.netns for n in (*self.servers, *self.clients))
-        return (self.net_ns, self.broker_ns, *nodes)
+        nodes = [s.netns for s in self.servers] + [c.netns for c in self.clients]
+        return (self.net_ns, *(b.netns for b in self.brokers), *nodes)
 
     def server(self, name: str) -> ServerPlan:
         for server in self.servers:
@@ -123,7 +155,28 @@ def check_prefix(prefix: str) -> str:
     return prefix
 
 
-def make_plan(prefix: str, servers: int, clients: int) -> LabPlan:
+def make_brokers(prefix: str, brokers: int) -> tuple[BrokerPlan, ...]:
+    if not 1 <= brokers <= MAX_BROKERS:
+        raise ValueError(f"brokers must be 1..{MAX_BROKERS}, not {brokers}")
+    if brokers == 1:
+        names, hosts = ["broker"], [BROKER_HOST]
+    else:
+        names, hosts = (
+            [f"b{k}" for k in range(1, brokers + 1)],
+            [255 - k for k in range(1, 1 + brokers)],
+        )
+    return tuple(
+        BrokerPlan(
+            name,
+            f"{prefix}-{name}",
+            BACKBONE4.network_address + host,
+            BACKBONE6.network_address + host,
+        )
+        for name, host in zip(names, hosts, strict=True)
+    )
+
+
+def make_plan(prefix: str, servers: int, clients: int, brokers: int = 1) -> LabPlan:
     """The whole plan; clients are spread round-robin over the servers (their home)."""
     check_prefix(prefix)
     if not 1 <= servers <= MAX_SERVERS:
@@ -155,19 +208,19 @@ def make_plan(prefix: str, servers: int, clients: int) -> LabPlan:
         )
         for j in range(1, clients + 1)
     )
-    return LabPlan(prefix, server_plans, client_plans)
+    return LabPlan(prefix, server_plans, client_plans, make_brokers(prefix, brokers))
 
 
 def owns_namespace(prefix: str, netns: str) -> bool:
     """True for exactly the namespace names a lab with ``prefix`` creates."""
     rest = netns.removeprefix(f"{prefix}-")
-    return rest != netns and bool(re.fullmatch(r"net|broker|s[1-9][0-9]*|c[1-9][0-9]*", rest))
+    return rest != netns and bool(re.fullmatch(NODE_RE, rest))
 
 
 def node_netns(prefix: str, node: str) -> str:
     """The namespace of a node name: s1, c2, broker or net."""
-    if not re.fullmatch(r"net|broker|s[1-9][0-9]*|c[1-9][0-9]*", node):
-        raise ValueError(f"unknown lab node {node!r} (s1.., c1.., broker or net)")
+    if not re.fullmatch(NODE_RE, node):
+        raise ValueError(f"unknown lab node {node!r} (s1.., c1.., broker, b1.. or net)")
     return f"{prefix}-{node}"
 
 

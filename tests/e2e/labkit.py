@@ -25,7 +25,7 @@ from meshroute.lab.lab import Lab, agent_command
 from meshroute.lab.topology import owns_namespace
 
 T = TypeVar("T")
-LAB_IFNAME = re.compile(r"^((s|c)[0-9]+-(i|b)|broker-b|br-inet|br-bb)$")
+LAB_IFNAME = re.compile(r"^((s|c)[0-9]+-(i|b)|broker-b|b[0-9]+-b|br-inet|br-bb)$")
 
 
 def unique_prefix(tag: str) -> str:
@@ -75,14 +75,15 @@ class RunningLab:
 
 
 @contextmanager
-def running_lab(tag: str, servers: int, clients: int) -> Iterator[RunningLab]:
+def running_lab(tag: str, servers: int, clients: int, brokers: int = 1) -> Iterator[RunningLab]:
     """``lab up`` through the CLI; ``lab down`` afterwards, also when anything failed."""
     prefix = unique_prefix(tag)
     lab = Lab(prefix)
     started = time.monotonic()
     try:
         done = cli("lab", "up", "--prefix", prefix, "--servers", str(servers),
-                   "--clients", str(clients), check=False)  # fmt: skip
+                   "--clients", str(clients), "--brokers", str(brokers),
+                   check=False)  # fmt: skip
         running = RunningLab(prefix, lab, time.monotonic() - started)
         if done.returncode != 0:
             raise AssertionError(f"lab up failed:\n{done.stderr}\n{running.logs_tail()}")

@@ -66,6 +66,19 @@ def rabbit(tmp_path_factory) -> Iterator[Broker]:
         node.stop()
 
 
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory):
+    """Three clustered RabbitMQ nodes in namespaces (see tests/integration/cluster.py)."""
+    from tests.integration.cluster import Cluster
+
+    the_cluster = Cluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        the_cluster.start()
+        yield the_cluster
+    finally:
+        the_cluster.stop()
+
+
 class Recorder:
     """A bus handler that records everything, thread-safely, and can wait for it."""
 

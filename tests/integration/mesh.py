@@ -65,6 +65,8 @@ class AgentProc:
     sessions: dict[str, FakeSession] = field(default_factory=dict)
     proc: subprocess.Popen | None = None
     clock_offset: int = 0  # seconds this server's wall clock is off (libfaketime)
+    run_in_netns: bool = False
+    """Run the process itself inside ``netns`` (its broker traffic crosses it)."""
 
     @property
     def control(self) -> Path:
@@ -147,6 +149,8 @@ class AgentProc:
                 "FAKETIME": f"{self.clock_offset:+d}s",
                 "FAKETIME_DONT_FAKE_MONOTONIC": "1",
             }
+        if self.run_in_netns:
+            command = ["ip", "netns", "exec", self.netns, *command]
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env

@@ -148,7 +148,8 @@ def test_agents_run_on_imported_definitions_and_show_in_the_management_api(
             20, f"the policy applied to meshroute.{name}",
         )  # fmt: skip
         assert queue["policy"] == POLICY_NAME
-        assert queue["durable"] is True
+        # exclusive: it dies with its connection or node (docs/reliability.md)
+        assert queue["durable"] is False and queue["exclusive"] is True
     exchange = api.get(f"/exchanges/{quote(VHOST, safe='')}/{EXCHANGE}")
     assert exchange["type"] == "fanout" and exchange["durable"] is True
 
