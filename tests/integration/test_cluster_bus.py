@@ -7,6 +7,7 @@ docs/reliability.md.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 
@@ -140,7 +141,13 @@ def restore(cluster: Cluster, k: int, action: str) -> None:
         wait_for(lambda o=other: len(o.running_nodes()) == NODES, 120, f"{other.node} to see all")
 
 
-@pytest.mark.parametrize("kind", ["exclusive", "quorum"])
+# The shipped design (exclusive queues) always; quorum queues, the design measured
+# against it and rejected (docs/reliability.md), only when asked for: it adds ~3 min
+# and decides nothing at run time.
+KINDS = ["exclusive", "quorum"] if os.environ.get("MESHROUTE_MEASURE_QUORUM") else ["exclusive"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("action", ["stop", "kill", "partition"])
 def test_losing_any_node_reconnects_every_bus_within_5s(cluster, buses, action, kind, request):
     if (kind, action) == ("quorum", "partition"):  # the measurement behind the design
