@@ -186,6 +186,7 @@ class LocalClaims:
         record = ClaimRecord(address, common_name, since, clock.stamp_above(floor))
         self._entries[address] = _Entry(observed_at=now, since_estimated=connected_since is None)
         self._removed_at.pop(address, None)
+        self._contested_at.pop(address, None)  # a contest of an earlier session is not ours
         self.fresh.add(address)
         return self._set(record)
 
@@ -271,6 +272,7 @@ class LocalClaims:
         stamp = self.table.clock.cap(stamp)
         record = ClaimRecord(address, session.common_name, session.connected_since, stamp)
         self._entries[address] = _Entry(observed_at=fetched_at, since_estimated=False)
+        self._contested_at.pop(address, None)  # a new session: earlier contests were not its
         return self._set(record)
 
     def _reassert_if_live(

@@ -53,3 +53,28 @@ def test_a_quiet_restart_changes_no_route_on_the_restarted_agent_either():
     machine.quiesce()
     machine.restart_quietly(downtime=0.1, servers={1})
     machine.teardown()
+
+
+def test_a_contest_of_an_earlier_session_does_not_make_a_new_one_reassert():
+    """Found by the CI profile: a client's session on s5 lost a contest, the client
+    came back to s5 later (a new session), moved on again and left. s5 kept the
+    moment of the *old* contest, so its new session's first Last Ref (its start)
+    looked like traffic after the contest: the stale session re-asserted and won
+    everywhere after the client had gone. (The example as hypothesis printed it.)"""
+    machine = _machine(5, seed=693568)
+    machine.move(client=0, first=0, gap=0.05, second=0)
+    machine.connect(client=0, server=0)
+    machine.connect(client=1, server=4)
+    machine.leave(client=0)
+    machine.leave(client=0)
+    machine.move(client=1, first=0, gap=0.05, second=0)
+    machine.move(client=0, first=0, gap=1.5, second=0)
+    machine.leave(client=0)
+    machine.leave(client=0)
+    machine.move(client=1, first=0, gap=0.05, second=4)
+    machine.move(client=1, first=0, gap=0.05, second=0)
+    machine.leave(client=0)
+    machine.connect(client=1, server=1)
+    machine.leave(client=0)
+    machine.leave(client=1)
+    machine.teardown()
