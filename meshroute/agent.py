@@ -40,7 +40,7 @@ from meshroute.clock import Clock
 from meshroute.core import AgentCore, CoreSettings
 from meshroute.dataplane.base import Dataplane
 from meshroute.local import CLIENT_CONNECT, LEARN_ADDRESS, Session
-from meshroute.model import Address
+from meshroute.model import Address, ClaimRecord
 from meshroute.openvpn.events import HookEvent
 from meshroute.reconcile import Plan, Reconciler, RouteSync
 from meshroute.telemetry import Histogram, LogBudget, PeerHistory
@@ -50,6 +50,8 @@ if TYPE_CHECKING:
     from meshroute.openvpn.hook_receiver import HookStats
 
 log = logging.getLogger(__name__)
+
+KEEP_INTERVAL = 2.0  # seconds between two writes of our own claims (when they changed)
 
 # Route changes named one per line at INFO, at most this many per window; the rest
 # of a burst is one summary line (and every route at DEBUG).
@@ -140,6 +142,7 @@ class Agent:
         status_source: StatusSource,
         clock: Clock,
         settings: LoopSettings | None = None,
+        keep_claims: Callable[[list[ClaimRecord]], None] | None = None,
     ) -> None:
         self.core = core
         self.bus = bus
@@ -148,6 +151,11 @@ class Agent:
         self.clock = clock
         self.settings = settings or LoopSettings()
         self.reconciler = Reconciler(self.settings.resync_interval)
+        # Our own claims are kept (meshroute.incarnation) when they changed, at most
+        # every KEEP_INTERVAL and at the stop, for the stamps a restart should reuse.
+        self._keep_claims = keep_claims
+        self._kept_digest: str | None = None
+        self._next_keep = 0.0
         self.stats = AgentStats()
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._stop = threading.Event()
@@ -272,12 +280,24 @@ class Agent:
         self._publish()
         self._poll_if_due(now)
         self._reconcile(now)
+        if now >= self._next_keep:
+            self._keep_own_claims()
+            self._next_keep = now + KEEP_INTERVAL
         for item in queries:  # answered after the reconcile, so "installed" is current
             self._answer(item)
         if self.on_iteration is not None:
             self.on_iteration(self)
 
+    def _keep_own_claims(self) -> None:
+        local = self.core.table.local
+        if self._keep_claims is None or not self.core.local_known:
+            return
+        if local.digest != self._kept_digest:
+            self._keep_claims(list(local.records.values()))
+            self._kept_digest = local.digest
+
     def _shutdown(self) -> None:
+        self._keep_own_claims()
         if self._goodbye:
             log.info("agent %s stopping: saying goodbye", self.core.name)
             self.core.stop()

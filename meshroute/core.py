@@ -53,6 +53,7 @@ from meshroute.hlc import HybridClock
 from meshroute.local import CLIENT_CONNECT, Change, LocalClaims, Session
 from meshroute.model import (
     Address,
+    ClaimRecord,
     Delta,
     Goodbye,
     Header,
@@ -151,6 +152,14 @@ class AgentCore:
         self._pending_poll: tuple[list[Session], float] | None = None
 
     # --- lifecycle --------------------------------------------------------------
+
+    def remember(self, records: Iterable[ClaimRecord]) -> None:
+        """Our own claims as we kept them before a restart (meshroute.incarnation):
+        sessions found again by the first poll keep these stamps, as with echoes, and
+        until that poll they are held as provisional local claims."""
+        records = list(records)
+        self.table.keep_echo(records)
+        self.local.provisional(records)
 
     def start(self, now: float) -> None:
         self._timers.sync_until = float("inf")  # the window opens with the broker

@@ -48,7 +48,7 @@ from meshroute.agent import Agent, LoopSettings
 from meshroute.clock import SystemClock
 from meshroute.config import Config, ConfigError, HostPort, load_config
 from meshroute.core import AgentCore, CoreSettings
-from meshroute.incarnation import next_epoch
+from meshroute.incarnation import load_claims, next_epoch, save_claims
 from meshroute.local import Session
 from meshroute.logformat import default_format, reconfigure_logging
 from meshroute.logformat import setup_logging as _setup_logging
@@ -240,6 +240,7 @@ def run(
     clock = SystemClock()
     epoch = next_epoch(config.state_dir, clock.wall_ms(), config.name)
     core = AgentCore(core_settings(config, resolved), epoch=epoch, wall_clock=clock.wall_ms)
+    core.remember(load_claims(config.state_dir, config.name))
     dataplane = NetlinkDataplane(config.route_table, config.route_protocol, config.dataplane_netns)
     agent = Agent(
         core,
@@ -248,6 +249,7 @@ def run(
         status_source=lambda: [],
         clock=clock,
         settings=loop_settings(config),
+        keep_claims=lambda records: save_claims(config.state_dir, config.name, records),
     )
     agent.status_source = status_source(config, agent.stats.poll_seconds)
     notifier = Notifier()

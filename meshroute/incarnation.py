@@ -1,4 +1,6 @@
-"""The agent's epoch: a persisted incarnation number that never goes back.
+"""What an agent keeps across restarts: its epoch, and its own claims' stamps.
+
+The epoch is a persisted incarnation number that never goes back.
 
 Peers ignore messages from an epoch at or below the last one that said goodbye,
 and treat a higher epoch as a restart. An epoch taken from the wall clock alone
@@ -13,9 +15,14 @@ agent logs why and falls back to the wall clock: it still runs, with the old lim
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
+
+from meshroute.model import ClaimRecord
 
 log = logging.getLogger(__name__)
 
@@ -60,4 +67,49 @@ def _write(path: Path, epoch: int) -> None:
         f.write(f"{epoch}\n")
         f.flush()
         os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_claims(state_dir: Path | None, name: str, records: Iterable[ClaimRecord]) -> None:
+    """Keep this agent's own claims (with their stamps) for its next start.
+
+    After a restart the agent finds its sessions again in OpenVPN's status; with
+    the stamps it gave them before, it publishes exactly what its peers hold, even
+    when every agent restarted at once and nobody can echo them back (a session
+    found again would otherwise get the second-resolution ``connected_since * 1000``
+    and could lose to a stale session elsewhere in the same second). Best effort:
+    a lost write costs only that fallback.
+    """
+    if state_dir is None:
+        return
+    rows = [[str(r.address), r.common_name, r.connected_since, r.stamp] for r in records]
+    try:
+        _write_text(state_dir / f"{name}.claims", json.dumps(rows, separators=(",", ":")))
+    except OSError as exc:
+        log.warning("cannot keep our claims in %s: %s", state_dir, exc.strerror or exc)
+
+
+def load_claims(state_dir: Path | None, name: str) -> list[ClaimRecord]:
+    """The claims :func:`save_claims` kept (none if missing or unreadable)."""
+    if state_dir is None:
+        return []
+    path = state_dir / f"{name}.claims"
+    try:
+        rows = json.loads(path.read_text())
+        return [
+            ClaimRecord(ipaddress.ip_address(a), str(cn), int(since), int(stamp))
+            for a, cn, since, stamp in rows
+        ]
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, TypeError) as exc:
+        log.warning("ignoring the kept claims in %s: %s", path, exc)
+        return []
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
     os.replace(tmp, path)

@@ -206,7 +206,7 @@ class ClaimTable:
             peer.max_seq = max(peer.max_seq, header.seq)
         if isinstance(message, Snapshot):
             self._apply_snapshot(peer, message, now)
-            self._keep_echo(message.echo)
+            self.keep_echo(message.echo)
             return NOTHING
         if isinstance(message, Delta):
             self._apply_delta(peer, message, now)
@@ -274,7 +274,9 @@ class ClaimTable:
         peer.synced = True
         self._remembered.pop(peer.name, None)
 
-    def _keep_echo(self, echo: Iterable[ClaimRecord]) -> None:
+    def keep_echo(self, echo: Iterable[ClaimRecord]) -> None:
+        """Our own claims as a peer (or our own state file) holds them: the highest
+        stamp per address is what a session found again takes."""
         for record in echo:
             known = self.echoed.get(record.address)
             if known is None or record.stamp > known.stamp:

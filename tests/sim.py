@@ -36,12 +36,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from meshroute import codec
+from meshroute.agent import KEEP_INTERVAL
 from meshroute.bus.base import Envelope
 from meshroute.bus.memory import MemoryBroker, MemoryBus, RandomFaults
 from meshroute.core import AgentCore, CoreSettings
 from meshroute.dataplane.fake import FakeDataplane
 from meshroute.local import CLIENT_CONNECT, LEARN_ADDRESS, Session
-from meshroute.model import Address, Message, Network, host_address
+from meshroute.model import Address, ClaimRecord, Message, Network, host_address
 from meshroute.reconcile import Reconciler
 
 CLIENT_NETS = (ipaddress.ip_network("10.100.0.0/16"), ipaddress.ip_network("fd10::/64"))
@@ -223,6 +224,8 @@ class World:
         self.agents: dict[str, SimAgent | None] = {n: None for n in names}
         self._decoded: dict[tuple[bytes, str | None], Message] = {}
         self._epochs: dict[str, int] = {}
+        self.kept: dict[str, tuple[ClaimRecord, ...]] = {}  # each server's state file
+        self._kept_at: dict[str, float] = {}
         self._hops = {n: next_hops_of(i + 1) for i, n in enumerate(names)}
         self.all_hops = frozenset(h for pair in self._hops.values() for h in pair)
         self.hook_loss = 0.0
@@ -262,13 +265,15 @@ class World:
         agent.next_poll = now + self.rng.uniform(0, 0.5)
         agent.cut_off = name in self.broker._partitioned
         self.agents[name] = agent
+        core.remember(self.kept.get(name, ()))  # the state file (meshroute.incarnation)
         core.start(now)
         agent.bus = MemoryBus(self.broker, name)
         agent.bus.start(agent)
         self._iterate(agent)
 
     def crash_agent(self, name: str) -> None:
-        """kill -9: no goodbye; what is in the bus's outbox is lost."""
+        """kill -9: no goodbye; what is in the bus's outbox is lost. Its state file
+        keeps the own claims of its last write (``_keep``, every 2 s as the agent)."""
         agent = self.agents[name]
         if agent is not None:
             self.forgetful = True
@@ -393,11 +398,18 @@ class World:
             agent.next_poll = now + self.settings.poll_interval
             agent.core.on_poll(self.status(agent.name), fetched_at=now)
         agent.core.tick(now)
+        self._keep(agent, now)
         due = agent.core.poll_due  # the core wants an early poll: the poller runs next
         if due is not None and now >= due and agent.poll_requested_for != due:
             agent.poll_requested_for = due
             agent.next_poll = now
         self._after_input(agent)
+
+    def _keep(self, agent: SimAgent, now: float) -> None:
+        """The agent's state file: its own claims, written every KEEP_INTERVAL s."""
+        if agent.core.local_known and now >= self._kept_at.get(agent.name, float("-inf")):
+            self.kept[agent.name] = tuple(agent.core.table.local.records.values())
+            self._kept_at[agent.name] = now + KEEP_INTERVAL
 
     def _after_input(self, agent: SimAgent) -> None:
         agent.publish()

@@ -78,3 +78,17 @@ def test_a_contest_of_an_earlier_session_does_not_make_a_new_one_reassert():
     machine.leave(client=0)
     machine.leave(client=1)
     machine.teardown()
+
+
+def test_every_agent_restarted_at_once_after_a_move_within_one_second():
+    """Found by the CI profile: the client moved s2 -> s1 within one second, then
+    both agents restarted together. Nobody could echo the millisecond stamps back,
+    so both sessions fell back to connected_since * 1000, tied, and the stale one
+    won by name until Last Ref corrected it: s1 routed its own client to s2 for a
+    few seconds. Each agent now keeps its own claims' stamps in its state dir."""
+    machine = _machine(2)
+    machine.quiesce()
+    machine.move(client=0, first=1, gap=0.05, second=0)
+    machine.quiesce()
+    machine.restart_quietly(downtime=0.1, servers={0, 1})
+    machine.teardown()

@@ -26,3 +26,21 @@ def test_an_unwritable_place_falls_back_to_the_wall_clock(tmp_path):
     blocker.write_text("")
     assert next_epoch(blocker / "sub", 42) == 42  # a file where a directory should be
     assert next_epoch(None, 43) == 43
+
+
+def test_own_claims_are_kept_across_a_restart(tmp_path):
+    import ipaddress
+
+    from meshroute.incarnation import load_claims, save_claims
+    from meshroute.model import ClaimRecord
+
+    records = [
+        ClaimRecord(ipaddress.ip_address("10.100.0.7"), "alice", 1_800_000_000, 1_800_000_000_123),
+        ClaimRecord(ipaddress.ip_address("fd10::7"), 'bob, the "second"', 1_800_000_001, 5),
+    ]
+    assert load_claims(tmp_path, "s1") == []
+    save_claims(tmp_path, "s1", records)
+    assert load_claims(tmp_path, "s1") == records
+    assert load_claims(tmp_path, "s2") == []
+    (tmp_path / "s1.claims").write_text("[[1, 2]]")  # damaged: ignored, not fatal
+    assert load_claims(tmp_path, "s1") == []
