@@ -56,6 +56,7 @@ class Snapshot:
     histograms: dict[str, HistogramSnapshot] = field(default_factory=dict)
     peers: list[PeerRecord] = field(default_factory=list)
     peer_claims: dict[str, int] = field(default_factory=dict)
+    peer_offsets: dict[str, float] = field(default_factory=dict)  # peer -> seconds
     peer_refused: dict[tuple[str, str], int] = field(default_factory=dict)
     refusals: dict[str, int] = field(default_factory=dict)
     hooks_bad: dict[str, int] = field(default_factory=dict)
@@ -143,6 +144,8 @@ def take_snapshot(agent: Agent) -> Snapshot:
     snap.peers = record_peers(agent).rows()
     for name, peer in table.peers.items():
         snap.peer_claims[name] = len(peer.claims)
+        if peer.offset.offset_ms is not None:
+            snap.peer_offsets[name] = peer.offset.offset_ms / 1000
         for address in peer.refused.records:
             if not table.allowed(address):
                 reason = "outside_client_networks"
@@ -236,6 +239,14 @@ def _labelled(snap: Snapshot):
     for (peer, reason), n in sorted(snap.peer_refused.items()):
         refused.add_metric([peer, reason], n)
     yield refused
+    offset = GaugeMetricFamily(
+        "meshroute_peer_clock_offset_seconds",
+        "the peer's clock minus ours, estimated from its messages (less the least delay)",
+        labels=["peer"],
+    )
+    for peer, seconds in sorted(snap.peer_offsets.items()):
+        offset.add_metric([peer], seconds)
+    yield offset
 
 
 def make_registry(agent: Agent) -> CollectorRegistry:
