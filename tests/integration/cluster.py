@@ -155,6 +155,25 @@ class Cluster:
         self.any_running().add_agent(name, f"pw-{name}", exchange)
         return self.urls(name, f"pw-{name}", first)
 
+    def fault(self, k: int, action: str) -> None:
+        """Node ``k`` goes: "stop" (rabbitmqctl stop), "kill" (SIGKILL) or "partition"."""
+        node = self.nodes[k - 1]
+        if action == "stop":
+            node.stop(30)
+        elif action == "kill":
+            node.kill()
+        else:
+            self.partition(k)
+
+    def recover(self, k: int, action: str) -> None:
+        """Undo :meth:`fault`; return once every node sees all the others."""
+        if action == "partition":
+            self.heal_partition(k)
+        else:
+            self.nodes[k - 1].start(90)
+        for node in self.nodes:
+            wait_for(lambda n=node: len(n.running_nodes()) == NODES, 120, f"{node.node} to see all")
+
     def restart(self, k: int) -> None:
         """Start node ``k`` again after a stop or kill, and wait until it rejoined."""
         node = self.nodes[k - 1]

@@ -238,3 +238,39 @@ class Mesh:
             for a in self.agents.values()
             if a.log.exists()
         )
+
+
+FAST = {
+    "announce_interval": "0.5",
+    "hold_time": "3",
+    "status_poll_interval": "1",
+    "sync_timeout": "1",
+    "resync_interval": "5",
+}
+"""Timers for tests: a hold time of seconds, not the production 15 s."""
+
+
+@contextlib.contextmanager
+def running_mesh(
+    rabbit,
+    tmp: Path,
+    tag: str,
+    names: tuple[str, ...] = ("a", "b", "c"),
+    settings: dict[str, str] | None = None,
+    clock_offsets: dict[str, int] | None = None,
+):
+    """Agents ``names`` (suffixed with a unique exchange name) on the session's node,
+    ready; stopped and their namespaces removed at the end, their logs printed (pytest
+    shows them when the test failed)."""
+    rabbit.require_node()
+    exchange = rabbit.unique(tag)
+    mesh = Mesh(rabbit, tmp, exchange, settings if settings is not None else FAST)
+    try:
+        for name in names:
+            mesh.add(f"{name}-{exchange}", clock_offset=(clock_offsets or {}).get(name, 0))
+        for agent in mesh.agents.values():
+            agent.wait_ready()
+        yield mesh
+    finally:
+        mesh.close()
+        print(mesh.logs())

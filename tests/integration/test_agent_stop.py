@@ -17,35 +17,18 @@ import pytest
 
 from tests.fakes import poll
 from tests.integration.conftest import Broker
-from tests.integration.mesh import REPO, Mesh, backbone
+from tests.integration.mesh import FAST, REPO, Mesh, backbone, running_mesh
 
 pytestmark = pytest.mark.integration
 
-HOLD = 3.0
-FAST = {
-    "announce_interval": "0.5",
-    "hold_time": str(HOLD),
-    "status_poll_interval": "1",
-    "sync_timeout": "1",
-    "resync_interval": "5",
-}
+HOLD = float(FAST["hold_time"])
 HOST_A, HOST_B = "10.100.100.50", "10.100.100.60"
 
 
 @pytest.fixture
 def mesh(rabbit: Broker, tmp_path) -> Iterator[Mesh]:
-    rabbit.require_node()
-    exchange = rabbit.unique("stop")
-    m = Mesh(rabbit, tmp_path, exchange, FAST)
-    try:
-        for name in ("a", "b", "c"):
-            m.add(f"{name}-{exchange}")
-        for agent in m.agents.values():
-            agent.wait_ready()
+    with running_mesh(rabbit, tmp_path, "stop") as m:
         yield m
-    finally:
-        m.close()
-        print(m.logs())
 
 
 def test_sigterm_then_start_within_the_hold_time_changes_no_route(

@@ -16,34 +16,18 @@ from meshroute import codec
 from meshroute.model import ClaimRecord, Delta, Header, parse_address
 from tests.fakes import poll
 from tests.integration.conftest import Broker
-from tests.integration.mesh import Mesh, backbone
+from tests.integration.mesh import Mesh, backbone, running_mesh
 
 pytestmark = pytest.mark.integration
 
-FAST = {
-    "announce_interval": "0.5",
-    "hold_time": "3",
-    "status_poll_interval": "1",
-    "sync_timeout": "1",
-    "resync_interval": "5",
-}
 HOST = "10.100.100.50"
 
 
 @pytest.fixture
 def mesh(rabbit: Broker, tmp_path) -> Iterator[Mesh]:
-    rabbit.require_node()
-    exchange = rabbit.unique("mesh")  # each test on an exchange (and agents) of its own
-    m = Mesh(rabbit, tmp_path, exchange, FAST)
-    try:
-        for name in ("a", "b", "c"):
-            m.add(f"{name}-{exchange}")
-        for agent in m.agents.values():
-            agent.wait_ready()
+    # each test on an exchange (and agents) of its own
+    with running_mesh(rabbit, tmp_path, "mesh") as m:
         yield m
-    finally:
-        m.close()
-        print(m.logs())  # pytest shows it when the test failed
 
 
 def trio(m: Mesh):

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.fakes import poll
-from tests.integration.cluster import NODES, Cluster, ClusterMesh, wait_for
+from tests.integration.cluster import NODES, Cluster, ClusterMesh
 from tests.integration.mesh import Mesh, backbone
 from tests.integration.test_faults import Sampler
 
@@ -110,25 +110,6 @@ def connected(agent) -> bool:
     return bool(health and health["broker_connected"])
 
 
-def act(cluster: Cluster, k: int, action: str) -> None:
-    node = cluster.nodes[k - 1]
-    if action == "stop":
-        node.stop(30)
-    elif action == "kill":
-        node.kill()
-    else:
-        cluster.partition(k)
-
-
-def restore(cluster: Cluster, k: int, action: str) -> None:
-    if action == "partition":
-        cluster.heal_partition(k)
-    else:
-        cluster.nodes[k - 1].start(90)
-    for node in cluster.nodes:
-        wait_for(lambda n=node: len(n.running_nodes()) == NODES, 120, f"{node.node} to see all")
-
-
 @pytest.mark.parametrize("action", ["stop", "kill", "partition"])
 def test_losing_each_node_in_turn_removes_no_route(cluster: Cluster, cmesh: Mesh, action: str):
     agents = list(cmesh.agents.values())
@@ -142,7 +123,7 @@ def test_losing_each_node_in_turn_removes_no_route(cluster: Cluster, cmesh: Mesh
             address = f"10.100.100.{50 + agents.index(mover)}"
             closed, consumed = log_count(on_k, CLOSED), log_count(on_k, CONSUMING)
             acted = time.monotonic()
-            act(cluster, k, action)
+            cluster.fault(k, action)
             # A client moves during the failover: from `mover` to the agent on node k.
             time.sleep(0.5)
             # as OpenVPN shows it: the old session goes silent, the new one is live
@@ -161,7 +142,7 @@ def test_losing_each_node_in_turn_removes_no_route(cluster: Cluster, cmesh: Mesh
                  f"{address} routed to {target.name} everywhere")  # fmt: skip
             routed = time.monotonic() - acted
             figures.append((k, noticed, reconnect, routed))
-            restore(cluster, k, action)
+            cluster.recover(k, action)
             # the moved client stays where it is now: the next round moves another
     finally:
         changes = sampler.stop()

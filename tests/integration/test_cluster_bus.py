@@ -20,7 +20,6 @@ from tests.integration.cluster import (
     NODES,
     Cluster,
     in_netns,
-    wait_for,
 )
 from tests.integration.conftest import Recorder
 from tests.integration.mesh import ip
@@ -121,26 +120,6 @@ def hear_each_other(group, timeout: float = 10.0) -> float:
     return time.monotonic() - started
 
 
-def act(cluster: Cluster, k: int, action: str) -> None:
-    node = cluster.nodes[k - 1]
-    if action == "stop":
-        node.stop(30)
-    elif action == "kill":
-        node.kill()
-    else:
-        cluster.partition(k)
-
-
-def restore(cluster: Cluster, k: int, action: str) -> None:
-    node = cluster.nodes[k - 1]
-    if action == "partition":
-        cluster.heal_partition(k)
-    else:
-        node.start(90)
-    for other in cluster.nodes:
-        wait_for(lambda o=other: len(o.running_nodes()) == NODES, 120, f"{other.node} to see all")
-
-
 # The shipped design (exclusive queues) always; quorum queues, the design measured
 # against it and rejected (docs/reliability.md), only when asked for: it adds ~3 min
 # and decides nothing at run time.
@@ -159,14 +138,14 @@ def test_losing_any_node_reconnects_every_bus_within_5s(cluster, buses, action, 
         affected = trio[k - 1][2]
         lost_before = len([c for c in affected.changes if not c[1]])
         acted = time.monotonic()
-        act(cluster, k, action)
+        cluster.fault(k, action)
         affected.wait_for(lambda r, n=lost_before: r.connection.count(False) > n, 30)
         noticed = affected.changes[-1][0] - acted
         affected.wait_for(lambda r: r.connection[-1] is True, 30)
         reconnect = affected.outages()[-1]
         heard = hear_each_other(trio, 15)
         figures.append((k, noticed, reconnect, heard))
-        restore(cluster, k, action)
+        cluster.recover(k, action)
     for k, noticed, reconnect, heard in figures:
         print(f"{kind} {action} b{k}: lost after {noticed:.2f}s, consuming again "
               f"{reconnect:.2f}s later, all heard each other {heard:.2f}s after that")  # fmt: skip

@@ -21,34 +21,17 @@ from meshroute.bus.amqp import AmqpBus
 from meshroute.model import ClaimRecord, Delta, Header, Heartbeat, Snapshot
 from tests.fakes import poll
 from tests.integration.conftest import Broker, Recorder
-from tests.integration.mesh import Mesh, backbone
+from tests.integration.mesh import FAST, Mesh, backbone, running_mesh
 
 pytestmark = pytest.mark.integration
 
-SETTINGS = {
-    "announce_interval": "0.5",
-    "hold_time": "3",
-    "status_poll_interval": "1",
-    "sync_timeout": "1",
-    "resync_interval": "5",
-    "max_claims_per_peer": "2000",
-}
+SETTINGS = {**FAST, "max_claims_per_peer": "2000"}
 
 
 @pytest.fixture
 def pair(rabbit: Broker, tmp_path) -> Iterator[Mesh]:
-    rabbit.require_node()
-    exchange = rabbit.unique("flood")
-    m = Mesh(rabbit, tmp_path, exchange, SETTINGS)
-    try:
-        for name in ("a", "b"):
-            m.add(f"{name}-{exchange}")
-        for agent in m.agents.values():
-            agent.wait_ready()
+    with running_mesh(rabbit, tmp_path, "flood", ("a", "b"), SETTINGS) as m:
         yield m
-    finally:
-        m.close()
-        print(m.logs())
 
 
 def test_a_flooding_peer_moves_no_honest_route_and_gets_nobody_expired(pair: Mesh, rabbit):

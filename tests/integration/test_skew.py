@@ -16,35 +16,17 @@ import pytest
 from meshroute.lab.rabbitmq import agent_permissions
 from tests.fakes import poll
 from tests.integration.conftest import Broker
-from tests.integration.mesh import Mesh, backbone
+from tests.integration.mesh import Mesh, backbone, running_mesh
 
 pytestmark = pytest.mark.integration
 
-FAST = {
-    "announce_interval": "0.5",
-    "hold_time": "3",
-    "status_poll_interval": "1",
-    "sync_timeout": "1",
-    "resync_interval": "5",
-}
 HOST = "10.100.100.60"
 
 
 @pytest.fixture
 def skewed(rabbit: Broker, tmp_path) -> Iterator[Mesh]:
-    rabbit.require_node()
-    exchange = rabbit.unique("skew")
-    m = Mesh(rabbit, tmp_path, exchange, FAST)
-    try:
-        m.add(f"a-{exchange}", clock_offset=60)
-        m.add(f"b-{exchange}")
-        m.add(f"c-{exchange}")
-        for agent in m.agents.values():
-            agent.wait_ready()
+    with running_mesh(rabbit, tmp_path, "skew", clock_offsets={"a": 60}) as m:
         yield m
-    finally:
-        m.close()
-        print(m.logs())
 
 
 def cut_off(rabbit: Broker, user: str) -> None:
