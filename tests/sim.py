@@ -137,6 +137,7 @@ class SimAgent:
     own_hops: tuple[Address, ...] = ()
     frozen_deletes: list[Network] = field(default_factory=list)  # the invariant's evidence
     cut_off: bool = False  # silently: the agent is not told, it must notice by itself
+    hop_owners: dict[Address, str] = field(default_factory=dict)  # next hop -> agent
 
     decoded: dict[tuple[bytes, str | None], Message] = field(default_factory=dict)
 
@@ -181,8 +182,9 @@ def reconcile(agent: SimAgent, now: float, resync_interval: float) -> None:
     in step with the agent by hand until one reconcile owner serves both.
 
     Records every delete made while the table is frozen (or the agent is silently
-    cut off from the broker) of an address the agent does not win itself: an agent
-    that cannot hear the bus must delete no route.
+    cut off from the broker): an agent that cannot hear the bus must delete no
+    route, but for one to its own client (a hook) and one toward a peer whose
+    goodbye it heard before the cut (held back by the sync window).
     """
     core, sync, table = agent.core, agent.sync, agent.core.table
     if core.synced and not agent.was_synced:
@@ -208,13 +210,17 @@ def reconcile(agent: SimAgent, now: float, resync_interval: float) -> None:
     if not plan:
         return
     before = len(agent.kernel.applied_deletes)
+    hops = dict(agent.kernel.owned)
     result = agent.kernel.apply(plan.routes(), plan.deletes())
     sync.record(plan, result.failed)
     if table.frozen or agent.cut_off:
         for prefix in agent.kernel.applied_deletes[before:]:
             winner = table.winner(host_address(prefix))  # type: ignore[arg-type]
-            if winner is None or winner.owner != agent.name:
-                agent.frozen_deletes.append(prefix)
+            if winner is not None and winner.owner == agent.name:
+                continue  # its own client now (a hook while cut off)
+            if agent.hop_owners.get(hops[prefix]) in table.departed:
+                continue  # toward a peer that said goodbye before the cut
+            agent.frozen_deletes.append(prefix)
 
 
 # --- the world ----------------------------------------------------------------------
@@ -250,6 +256,7 @@ class World:
         self._epochs: dict[str, int] = {}
         self._hops = {n: next_hops_of(i + 1) for i, n in enumerate(names)}
         self.all_hops = frozenset(h for pair in self._hops.values() for h in pair)
+        self._hop_owners = {h: n for n, pair in self._hops.items() for h in pair}
         self.hook_loss = 0.0
         # The documented limit (docs/design.md): once a hook was lost or an agent lost
         # its memory, sessions of one address are ordered only to the second.
@@ -284,6 +291,7 @@ class World:
         agent = SimAgent(
             name, core, clock, self.kernels[name], own_hops=(hop4, hop6), decoded=self._decoded
         )
+        agent.hop_owners = self._hop_owners
         agent.next_poll = now + self.rng.uniform(0, 0.5)
         agent.cut_off = name in self.broker._partitioned
         self.agents[name] = agent
