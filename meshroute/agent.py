@@ -42,7 +42,7 @@ from meshroute.dataplane.base import Dataplane
 from meshroute.local import CLIENT_CONNECT, LEARN_ADDRESS, Session
 from meshroute.model import Address
 from meshroute.openvpn.events import HookEvent
-from meshroute.reconcile import Plan, RouteSync
+from meshroute.reconcile import Plan, Reconciler, RouteSync
 from meshroute.telemetry import Histogram, LogBudget, PeerHistory
 from meshroute.views import health_view, peers_view, table_view
 
@@ -147,14 +147,12 @@ class Agent:
         self.status_source = status_source
         self.clock = clock
         self.settings = settings or LoopSettings()
-        self.sync = RouteSync()
+        self.reconciler = Reconciler(self.settings.resync_interval)
         self.stats = AgentStats()
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._stop = threading.Event()
         self._goodbye = False
         self._poll_now = threading.Event()
-        self._next_resync = 0.0
-        self._was_synced = False
         self._own_hops = core.settings.own_hops
         self._threads: list[threading.Thread] = []
         # broker user -> when its latest message reached our bus (the bus thread
@@ -196,7 +194,8 @@ class Agent:
         """Apply settings that can change at run time (on the agent's thread)."""
         self.core.reconfigure(core_settings, self.clock.monotonic())
         self.settings = loop
-        self.sync.full_resync_needed = True  # client networks may have changed
+        self.reconciler.resync_interval = loop.resync_interval
+        self.reconciler.queue_resync()  # client networks may have changed
 
     def request_stop(self, goodbye: bool = False) -> None:
         """Safe from a signal handler: only sets flags that the loop polls.
@@ -216,6 +215,11 @@ class Agent:
         (``meshroute leave``); never what a plain stop or restart does.
         """
         self.request_stop(goodbye=True)
+
+    @property
+    def sync(self) -> RouteSync:
+        """The mirror of the kernel's owned routes (read by views and metrics)."""
+        return self.reconciler.sync
 
     @property
     def left(self) -> bool:
@@ -396,33 +400,14 @@ class Agent:
             self._poll_now.set()
 
     def _reconcile(self, now: float) -> None:
-        table = self.core.table
-        if self.core.synced and not self._was_synced:
-            self._was_synced = True
-            self.sync.full_resync_needed = True  # deletes were held back until now
-        if self.core.full_resync_wanted:
-            self.core.full_resync_wanted = False
-            self.sync.full_resync_needed = True  # a peer's state arrived: held routes
-        allow_delete = self.core.synced
-        keep = self.core.keeps_route(now)
-        if self.sync.full_resync_needed or now >= self._next_resync:
-            table.take_dirty()
-            try:
-                kernel = self.dataplane.dump()
-            except OSError as exc:
-                log.error("cannot list owned routes: %s; retrying", exc)
-                self._next_resync = now + self.settings.retry_after_failure
-                return
-            desired = table.desired_hops(self._own_hops)
-            plan = self.sync.plan_full(kernel, desired, allow_delete=allow_delete, keep=keep)
-            self.stats.full_resyncs += 1
-            self._next_resync = now + self.settings.resync_interval
-        else:
-            dirty = table.take_dirty()
-            if not dirty:
-                return
-            desired = table.desired_hops_for(dirty, self._own_hops)
-            plan = self.sync.plan_some(dirty, desired, allow_delete=allow_delete, keep=keep)
+        """One reconcile step (the plan is the reconciler's; the kernel work is here)."""
+        try:
+            plan = self.reconciler.plan(self.core, now, self.dataplane.dump, self._own_hops)
+        except OSError as exc:
+            log.error("cannot list owned routes: %s; retrying", exc)
+            self.reconciler.retry_soon(now, self.settings.retry_after_failure)
+            return
+        self.stats.full_resyncs = self.reconciler.full_resyncs
         if plan:
             self._apply(plan, now)
 
@@ -435,10 +420,10 @@ class Agent:
             self.stats.apply_failures += 1
             log.error("applying %s failed: %s; full resync in %.1fs", plan.summary(), exc,
                       self.settings.retry_after_failure)  # fmt: skip
-            self._next_resync = min(self._next_resync, now + self.settings.retry_after_failure)
+            self.reconciler.retry_soon(now, self.settings.retry_after_failure)
             return
         took = time.perf_counter() - started
-        self.sync.record(plan, result.failed)
+        self.reconciler.record(plan, result.failed)
         self.stats.applies += 1
         self.stats.apply_seconds.observe(took)
         self.stats.last_apply_at = now
@@ -450,7 +435,7 @@ class Agent:
             self.stats.apply_failures += 1
             log.error("%d route(s) failed; full resync in %.1fs", len(result.failed),
                       self.settings.retry_after_failure)  # fmt: skip
-            self._next_resync = min(self._next_resync, now + self.settings.retry_after_failure)
+            self.reconciler.retry_soon(now, self.settings.retry_after_failure)
 
     def _observe_hook_latency(self, plan: Plan) -> None:
         pending = self.stats.hook_received_ms

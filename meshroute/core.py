@@ -138,7 +138,8 @@ class AgentCore:
         self.poll_due: float | None = None  # an early status poll is wanted then
         self.full_resync_wanted = False  # a peer's state arrived: re-judge held routes
         self._last_probe = float("-inf")
-        self._hold_passed = False
+        self._hearing_since: float | None = None  # hearing the bus without a break since
+        self._unknown_released = False  # routes toward unknown hops no longer kept
         self.outbox: list[Outgoing] = []
         self.local_known = False
         self.bus_up = False
@@ -200,6 +201,8 @@ class AgentCore:
             return
         was_synced = self._synced_peers()
         reaction = self.table.apply(message, now)
+        if isinstance(message, Snapshot) and message.echo and not self.local_known:
+            self.local.provisional(message.echo)
         self._note_contests(now)
         if self._synced_peers() - was_synced:
             self.full_resync_wanted = True
@@ -229,23 +232,39 @@ class AgentCore:
             return f"our own messages have not come back through the broker for {now - since:.1f}s"
         return None
 
-    def keeps_route(self, now: float) -> Callable[[Address], bool]:
-        """Which next hops' routes must not be deleted now, even if nobody wants them.
+    def keeps_route(self, now: float) -> Callable[[Address, Address], bool]:
+        """Which routes (address, next hop) must not be deleted now, though unwanted.
 
-        Those toward a peer whose current state we have not received (it restarted
-        and has sent no snapshot yet), and, for a hold time after we started
-        listening, those toward a next hop no peer has announced (a peer that
-        restarted with us and has not spoken yet).
+        During the start-up sync window, every one. After it, those toward a peer
+        whose current state we have not received (it restarted and has sent no
+        snapshot yet), and, until we have heard the bus for a whole hold time without
+        a break, those toward a next hop no peer has announced (a peer that
+        restarted with us and has not spoken yet). Never one for an address that is
+        our own client now (a local fact).
         """
+        ours = self.table.local.records  # our own client: a local fact, never kept away
+        if not self.synced:  # the sync window: adopted routes stay until explained
+            return lambda address, hop: address not in ours
         peers = self.table.peers.values()
         unsynced = {h for p in peers if not p.synced for h in (p.next_hop, p.next_hop6) if h}
-        start = self.listening_since
-        if start is not None and now - start > self.settings.hold_time:
-            return lambda hop: hop in unsynced
-        # Early on: "unknown" is a hop no peer has announced since we started (a
-        # peer that said goodbye or expired meanwhile was known: its routes go).
+        if self._unknown_released:
+            return lambda address, hop: hop in unsynced and address not in ours
+        # Until we have heard the bus for a whole hold time without a break (frozen
+        # or isolated, we cannot tell a dead peer from our own deafness): "unknown"
+        # is a hop no peer has announced since we started (a peer that said goodbye
+        # or expired meanwhile was known: its routes go).
         known = self.table.hops_seen
-        return lambda hop: hop in unsynced or hop not in known
+        return lambda address, hop: address not in ours and (hop in unsynced or hop not in known)
+
+    def _note_hearing(self, now: float) -> None:
+        if self.isolated(now) is not None:
+            self._hearing_since, self._unknown_released = None, False
+            return
+        if self._hearing_since is None:
+            self._hearing_since = now
+        if not self._unknown_released and now - self._hearing_since > self.settings.hold_time:
+            self._unknown_released = True  # a silent unknown hop is now a dead one
+            self.full_resync_wanted = True
 
     def _synced_peers(self) -> set[str]:
         return {name for name, peer in self.table.peers.items() if peer.synced}
@@ -320,10 +339,7 @@ class AgentCore:
             self._timers.next_heartbeat = now + self.settings.announce_interval
         heard = self.heard_self_at if self.heard_self_at is not None else float("-inf")
         expired = self.table.expire(now, heard_until=heard)
-        start = self.listening_since
-        if start is not None and not self._hold_passed and now - start > self.settings.hold_time:
-            self._hold_passed = True  # routes toward unknown hops are no longer kept
-            self.full_resync_wanted = True
+        self._note_hearing(now)
         if expired:
             self.full_resync_wanted = True
         if self.table.overdue and self.bus_up and now - self._last_probe >= PROBE_INTERVAL:

@@ -105,6 +105,24 @@ class LocalClaims:
         self._contested_at: dict[Address, int] = {}
         self._reasserted_at: dict[Address, float] = {}
 
+    def provisional(self, echo: Iterable[ClaimRecord]) -> None:
+        """Before our first poll: hold the claims our peers echo back as ours.
+
+        A restarted agent learns its own clients only from its first status poll,
+        which waits for the sync window; meanwhile a peer's stale claim for one of
+        our clients would win here and route our own client away. The first poll
+        confirms these (same session: same stamp) or drops them; nothing is
+        published before it (the first snapshot is authoritative).
+        """
+        if self._polled:
+            return
+        for record in echo:
+            current = self.table.local.records.get(record.address)
+            if self.table.allowed(record.address) and (
+                current is None or current.stamp < record.stamp
+            ):
+                self.table.set_local(record)
+
     def contest(self, address: Address, wall_ms: int) -> bool:
         """A peer's claim for ``address`` changed while we hold a session for it.
 

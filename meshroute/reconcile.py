@@ -23,7 +23,8 @@ added by hand with our protocol) is a *stray*: kept apart and always deleted.
 adds and changes only: an adopted route that is not yet explained stays in place
 until the agent knows enough to decide. ``keep`` narrows deletes further, by next
 hop: a route toward a peer whose current state has not arrived yet (it restarted
-at the same time as us) is kept (:meth:`meshroute.core.AgentCore.keeps_route`).
+at the same time as us) is kept, unless its address is now one of our own clients
+(:meth:`meshroute.core.AgentCore.keeps_route`).
 """
 
 from __future__ import annotations
@@ -31,8 +32,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
+from typing import TYPE_CHECKING
 
 from meshroute.model import Address, Network, Route, RouteKey, host_address, host_prefix
+
+if TYPE_CHECKING:
+    from meshroute.core import AgentCore
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +68,10 @@ class Plan:
         return [host_prefix(address) for address in self.delete] + list(self.strays)
 
 
-Keep = Callable[[Address], bool]  # next hop -> its routes must not be deleted now
+Keep = Callable[[Address, Address], bool]  # (address, next hop) -> must not be deleted now
 
 
-def _keep_nothing(hop: Address) -> bool:
+def _keep_nothing(address: Address, hop: Address) -> bool:
     return False
 
 
@@ -81,7 +86,7 @@ def diff(
     replace = {a: hop for a, hop in desired.items() if actual.get(a) != hop}
     if not allow_delete:
         return Plan(replace, ())
-    delete = tuple(a for a, hop in actual.items() if a not in desired and not keep(hop))
+    delete = tuple(a for a, hop in actual.items() if a not in desired and not keep(a, hop))
     return Plan(replace, delete)
 
 
@@ -100,7 +105,7 @@ def diff_some(
         want, have = desired.get(address), actual.get(address)
         if want is not None and want != have:
             replace[address] = want
-        elif want is None and have is not None and allow_delete and not keep(have):
+        elif want is None and have is not None and allow_delete and not keep(address, have):
             delete.append(address)
     return Plan(replace, tuple(delete))
 
@@ -174,3 +179,60 @@ class RouteSync:
         for prefix in plan.strays:
             if prefix not in failed:
                 self.strays.pop(prefix, None)
+
+
+class Reconciler:
+    """The one owner of reconcile state, after felix's route table: the mirror of the
+    kernel (:class:`RouteSync`), when the next full resync is due, and the plan to
+    make now. The agent's loop and the simulator both drive one per agent:
+    :meth:`plan` (the core and a kernel dump are passed in), apply the plan,
+    :meth:`record` what the kernel said, :meth:`retry_soon` after a failure.
+
+    A full plan from a fresh dump at start, when the core's sync window ends, when
+    the core asks for one (a peer's state arrived, a peer expired), after a failure
+    and every ``resync_interval``; otherwise a plan for the addresses whose claims
+    changed. What may be deleted is the core's call (:meth:`AgentCore.keeps_route`).
+    """
+
+    def __init__(self, resync_interval: float) -> None:
+        self.sync = RouteSync()
+        self.resync_interval = resync_interval
+        self.next_resync = 0.0
+        self.full_resyncs = 0
+        self._was_synced = False
+
+    def queue_resync(self) -> None:
+        self.sync.full_resync_needed = True
+
+    def plan(
+        self,
+        core: AgentCore,
+        now: float,
+        dump: Callable[[], Mapping[RouteKey, Address]],
+        own_hops: Iterable[Address],
+    ) -> Plan:
+        """The changes to make now (empty: nothing to do). ``dump`` may raise OSError."""
+        if core.synced and not self._was_synced:
+            self._was_synced = True
+            self.queue_resync()  # deletes were held back until now
+        if core.full_resync_wanted:
+            core.full_resync_wanted = False
+            self.queue_resync()
+        table, keep = core.table, core.keeps_route(now)
+        if self.sync.full_resync_needed or now >= self.next_resync:
+            table.take_dirty()
+            kernel = dump()
+            self.next_resync = now + self.resync_interval
+            self.full_resyncs += 1
+            return self.sync.plan_full(kernel, table.desired_hops(own_hops), keep=keep)
+        dirty = table.take_dirty()
+        if not dirty:
+            return Plan()
+        return self.sync.plan_some(dirty, table.desired_hops_for(dirty, own_hops), keep=keep)
+
+    def record(self, plan: Plan, failed: Mapping[Network, str]) -> None:
+        self.sync.record(plan, failed)
+
+    def retry_soon(self, now: float, delay: float) -> None:
+        """A full resync within ``delay`` (after a failed route or netlink call)."""
+        self.next_resync = min(self.next_resync, now + delay)

@@ -42,7 +42,7 @@ from meshroute.core import AgentCore, CoreSettings
 from meshroute.dataplane.fake import FakeDataplane
 from meshroute.local import CLIENT_CONNECT, LEARN_ADDRESS, Session
 from meshroute.model import Address, Message, Network, host_address
-from meshroute.reconcile import RouteSync
+from meshroute.reconcile import Reconciler
 
 CLIENT_NETS = (ipaddress.ip_network("10.100.0.0/16"), ipaddress.ip_network("fd10::/64"))
 TRUE_WALL_START_MS = 1_700_000_000_000
@@ -129,11 +129,9 @@ class SimAgent:
     clock: ServerClock
     kernel: FakeDataplane
     bus: MemoryBus | None = None
-    sync: RouteSync = field(default_factory=RouteSync)
+    reconciler: Reconciler = field(default_factory=lambda: Reconciler(10.0))
     next_poll: float = 0.0
     poll_requested_for: float | None = None  # the core's early poll, once per due time
-    next_resync: float = 0.0
-    was_synced: bool = False
     own_hops: tuple[Address, ...] = ()
     frozen_deletes: list[Network] = field(default_factory=list)  # the invariant's evidence
     cut_off: bool = False  # silently: the agent is not told, it must notice by itself
@@ -173,46 +171,23 @@ class SimAgent:
 
 
 def reconcile(agent: SimAgent, now: float, resync_interval: float) -> None:
-    """One reconcile step, as ``meshroute.agent.Agent._reconcile`` does it today.
-
-    A full plan from a kernel dump at start, when the sync window ends, when the
-    core asks for one (a peer's state arrived, a peer expired) and every
-    ``resync_interval``; otherwise a plan for the dirty addresses; deletes only once
-    the core is synced, and never of a route the core keeps (``keeps_route``). Kept
-    in step with the agent by hand until one reconcile owner serves both.
+    """One reconcile step, by the agent's own :class:`~meshroute.reconcile.Reconciler`
+    (the same plan as ``meshroute.agent.Agent._reconcile``), into the fake kernel.
 
     Records every delete made while the table is frozen (or the agent is silently
     cut off from the broker): an agent that cannot hear the bus must delete no
     route, but for one to its own client (a hook) and one toward a peer whose
     goodbye it heard before the cut (held back by the sync window).
     """
-    core, sync, table = agent.core, agent.sync, agent.core.table
-    if core.synced and not agent.was_synced:
-        agent.was_synced = True
-        sync.full_resync_needed = True
-    if core.full_resync_wanted:
-        core.full_resync_wanted = False
-        sync.full_resync_needed = True
-    allow_delete = core.synced
-    keep = core.keeps_route(now)
-    if sync.full_resync_needed or now >= agent.next_resync:
-        table.take_dirty()
-        desired = table.desired_hops(agent.own_hops)
-        kernel = agent.kernel.dump()
-        plan = sync.plan_full(kernel, desired, allow_delete=allow_delete, keep=keep)
-        agent.next_resync = now + resync_interval
-    else:
-        dirty = table.take_dirty()
-        if not dirty:
-            return
-        desired = table.desired_hops_for(dirty, agent.own_hops)
-        plan = sync.plan_some(dirty, desired, allow_delete=allow_delete, keep=keep)
+    table, reconciler = agent.core.table, agent.reconciler
+    reconciler.resync_interval = resync_interval
+    plan = reconciler.plan(agent.core, now, agent.kernel.dump, agent.own_hops)
     if not plan:
         return
     before = len(agent.kernel.applied_deletes)
     hops = dict(agent.kernel.owned)
     result = agent.kernel.apply(plan.routes(), plan.deletes())
-    sync.record(plan, result.failed)
+    reconciler.record(plan, result.failed)
     if table.frozen or agent.cut_off:
         for prefix in agent.kernel.applied_deletes[before:]:
             winner = table.winner(host_address(prefix))  # type: ignore[arg-type]

@@ -338,12 +338,14 @@ def test_routes_toward_an_unsynced_peer_are_kept():
     w.run(1.0)
     s1 = w.cores["s1"]
     keep = s1.keeps_route(w.now)
-    assert keep(w.hop("s2")) is False  # synced: its routes may go when unwanted
-    assert keep(ipaddress.ip_address("10.200.0.99")) is True  # unknown, early on
+    assert keep(CLIENT, w.hop("s2")) is False  # synced: its routes may go when unwanted
+    assert keep(CLIENT, ipaddress.ip_address("10.200.0.99")) is True  # unknown, early on
     s1.table.peers["s2"].synced = False  # restarted, its snapshot not here yet
-    assert s1.keeps_route(w.now)(w.hop("s2")) is True
+    assert s1.keeps_route(w.now)(CLIENT, w.hop("s2")) is True
+    w.connect("s1")  # unless the address is our own client now
+    assert s1.keeps_route(w.now)(CLIENT, w.hop("s2")) is False
     w.run(7.0)
-    assert s1.keeps_route(w.now)(ipaddress.ip_address("10.200.0.99")) is False
+    assert s1.keeps_route(w.now)(OTHER, ipaddress.ip_address("10.200.0.99")) is False
 
 
 def test_offset_estimate_takes_the_fastest_message_and_follows_a_step():
