@@ -24,7 +24,7 @@ agent's kernel routes equal the truth, the server where each client's latest
 session (in true time) lives, stale sessions elsewhere included.
 
 ``CONVERGENCE_PROFILE`` picks the settings: ``ci`` (default) runs 1,000 examples of
-up to 20 steps; ``long`` 20,000 of up to 30; ``dev`` 100. See docs/testing.md.
+up to 20 steps; ``long`` 20,000; ``dev`` 100. See docs/testing.md.
 """
 
 from __future__ import annotations
@@ -61,10 +61,7 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.register_profile(
-    "convergence-long",
-    settings.get_profile("convergence-ci"),
-    max_examples=20_000,
-    stateful_step_count=30,
+    "convergence-long", settings.get_profile("convergence-ci"), max_examples=20_000
 )
 settings.register_profile(
     "convergence-dev", settings.get_profile("convergence-ci"), max_examples=100
