@@ -82,7 +82,8 @@ def _quiet_logs():
 # 1,000 examples take 80-160 s on a busy two-core box; a failure then shrinks for up
 # to five more minutes (hypothesis's own cap). The suite's 300 s would cut the
 # shrink short and hide the example behind a FlakyStrategyDefinition error.
-pytestmark = pytest.mark.timeout(1200)
+PROFILE = os.environ.get("CONVERGENCE_PROFILE", "ci")
+pytestmark = pytest.mark.timeout(7200 if PROFILE == "long" else 1200)
 
 server_index = st.integers(0, MAX_AGENTS - 1)
 client_index = st.integers(0, len(CLIENTS) - 1)
@@ -321,5 +322,4 @@ class Convergence(RuleBasedStateMachine):
 
 TestConvergence = Convergence.TestCase
 # Only this test's settings, never the global profile (other tests keep theirs).
-PROFILE = os.environ.get("CONVERGENCE_PROFILE", "ci")
 TestConvergence.settings = settings.get_profile(f"convergence-{PROFILE}")
