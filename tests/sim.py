@@ -136,6 +136,7 @@ class SimAgent:
     own_hops: tuple[Address, ...] = ()
     frozen_deletes: list[Network] = field(default_factory=list)  # the invariant's evidence
     cut_off: bool = False  # silently: the agent is not told, it must notice by itself
+    hop_owners: dict[Address, str] = field(default_factory=dict)  # next hop -> agent
 
     decoded: dict[tuple[bytes, str | None], Message] = field(default_factory=dict)
 
@@ -175,8 +176,9 @@ def reconcile(agent: SimAgent, now: float, resync_interval: float) -> None:
     (the same plan as ``meshroute.agent.Agent._reconcile``), into the fake kernel.
 
     Records every delete made while the table is frozen (or the agent is silently
-    cut off from the broker) of an address the agent does not win itself: an agent
-    that cannot hear the bus must delete no route.
+    cut off from the broker): an agent that cannot hear the bus must delete no
+    route, but for one to its own client (a hook) and one toward a peer whose
+    goodbye it heard before the cut (held back by the sync window).
     """
     table, reconciler = agent.core.table, agent.reconciler
     reconciler.resync_interval = resync_interval
@@ -184,13 +186,17 @@ def reconcile(agent: SimAgent, now: float, resync_interval: float) -> None:
     if not plan:
         return
     before = len(agent.kernel.applied_deletes)
+    hops = dict(agent.kernel.owned)
     result = agent.kernel.apply(plan.routes(), plan.deletes())
     reconciler.record(plan, result.failed)
     if table.frozen or agent.cut_off:
         for prefix in agent.kernel.applied_deletes[before:]:
             winner = table.winner(host_address(prefix))  # type: ignore[arg-type]
-            if winner is None or winner.owner != agent.name:
-                agent.frozen_deletes.append(prefix)
+            if winner is not None and winner.owner == agent.name:
+                continue  # its own client now (a hook while cut off)
+            if agent.hop_owners.get(hops[prefix]) in table.departed:
+                continue  # toward a peer that said goodbye before the cut
+            agent.frozen_deletes.append(prefix)
 
 
 # --- the world ----------------------------------------------------------------------
@@ -228,6 +234,7 @@ class World:
         self._kept_at: dict[str, float] = {}
         self._hops = {n: next_hops_of(i + 1) for i, n in enumerate(names)}
         self.all_hops = frozenset(h for pair in self._hops.values() for h in pair)
+        self._hop_owners = {h: n for n, pair in self._hops.items() for h in pair}
         self.hook_loss = 0.0
         # The documented limit (docs/design.md): once a hook was lost or an agent lost
         # its memory, sessions of one address are ordered only to the second.
@@ -262,6 +269,7 @@ class World:
         agent = SimAgent(
             name, core, clock, self.kernels[name], own_hops=(hop4, hop6), decoded=self._decoded
         )
+        agent.hop_owners = self._hop_owners
         agent.next_poll = now + self.rng.uniform(0, 0.5)
         agent.cut_off = name in self.broker._partitioned
         self.agents[name] = agent

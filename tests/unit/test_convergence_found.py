@@ -92,3 +92,16 @@ def test_every_agent_restarted_at_once_after_a_move_within_one_second():
     machine.quiesce()
     machine.restart_quietly(downtime=0.1, servers={0, 1})
     machine.teardown()
+
+
+def test_a_quiet_restart_of_the_stale_server_keeps_its_route_to_the_live_one():
+    """The client moved s2 -> s4 within 50 ms (s2 keeps a stale session). s2
+    restarts without goodbye: the first answer that echoes s2's own (losing)
+    claim arrives before s4's snapshot, and s2 must not delete its route toward
+    s4 meanwhile (found by the long run on main after the provisional claims)."""
+    machine = _machine(4)
+    machine.quiesce()
+    machine.move(client=0, first=1, gap=0.05, second=3)
+    machine.quiesce()
+    machine.restart_quietly(downtime=0.1, servers={1})
+    machine.teardown()
