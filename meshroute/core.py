@@ -45,6 +45,7 @@ Life of an agent, and the invariants it keeps:
 from __future__ import annotations
 
 import logging
+import statistics
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -336,8 +337,16 @@ class AgentCore:
         self._publish(changes)
         self._note_contests(fetched_at)
 
+    def _correct_clock(self) -> None:
+        """Stamp in mesh time: our wall clock less how far it runs ahead of the median
+        of our peers' clocks (ourselves counted as 0). One liar moves the median by
+        one place at most, and the correction is bounded by max_clock_skew."""
+        offsets = [p.offset.offset_ms for p in self.table.peers.values()]
+        self.clock.correct(int(statistics.median([0, *(o for o in offsets if o is not None)])))
+
     def tick(self, now: float) -> list[str]:
         """Timers: heartbeat, end of the sync window, expiry. Returns expired peers."""
+        self._correct_clock()
         self.synced = now >= self._timers.sync_until
         if self.synced and self._pending_poll is not None:
             sessions, fetched_at = self._pending_poll

@@ -27,21 +27,39 @@ from collections.abc import Callable
 
 
 class HybridClock:
-    """max(wall clock, plausible clock values heard), in ms; bounded ahead of the wall."""
+    """max(mesh time, plausible clock values heard), in ms; bounded ahead of mesh time.
+
+    *Mesh time* is this server's wall clock less ``correction_ms``, the amount by
+    which it runs ahead of the median of its peers' clocks (the agent core sets it
+    from the offset estimates, bounded by ``max_skew``). Stamps are made in mesh
+    time, so a server whose clock runs seconds ahead does not stamp its sessions
+    seconds "later" than the others, even when no message links two sessions (a
+    server cut off from the broker, two sessions of a client that has since left).
+    """
 
     def __init__(self, wall: Callable[[], int], max_skew_ms: int) -> None:
         self.wall = wall
         self.max_skew_ms = max_skew_ms
         self.value = 0
+        self.correction_ms = 0
+
+    def mesh_time(self, wall_ms: int | None = None) -> int:
+        """A time of this server's clock (now by default) in mesh time."""
+        return (self.wall() if wall_ms is None else wall_ms) - self.correction_ms
+
+    def correct(self, median_offset_ms: int) -> None:
+        """Peers' clocks run ``median_offset_ms`` from ours (median, ourselves as 0)."""
+        bound = self.max_skew_ms
+        self.correction_ms = max(-bound, min(bound, -median_offset_ms))
 
     def now(self) -> int:
         """The clock's value now (what outgoing messages carry)."""
-        self.value = max(self.value, self.wall())
+        self.value = max(self.value, self.mesh_time())
         return self.value
 
     def merge(self, value: int) -> bool:
         """Merge a clock value or stamp heard on the bus; False if it was too far ahead."""
-        if value > self.wall() + self.max_skew_ms:
+        if value > self.mesh_time() + self.max_skew_ms:
             return False
         self.value = max(self.value, value)
         return True
@@ -49,21 +67,21 @@ class HybridClock:
     def stamp_above(self, floor: int) -> int:
         """A stamp for an event happening now: above the clock and ``floor``, if it can.
 
-        Never more than ``wall + max_skew``: a ``floor`` beyond that (a clock far
-        ahead) is not followed, and the stamp may then stay below it.
+        Never more than ``mesh time + max_skew``: a ``floor`` beyond that (a clock
+        far ahead) is not followed, and the stamp may then stay below it.
         """
-        wall = self.wall()
-        stamp = min(max(wall, self.value + 1, floor + 1), wall + self.max_skew_ms)
+        now = self.mesh_time()
+        stamp = min(max(now, self.value + 1, floor + 1), now + self.max_skew_ms)
         self.value = max(self.value, stamp)
         return stamp
 
     def cap(self, stamp: int) -> int:
-        """``stamp`` clamped to what this clock may make now (``wall + max_skew``)."""
-        return min(stamp, self.wall() + self.max_skew_ms)
+        """``stamp`` clamped to what this clock may make now (mesh time + max_skew)."""
+        return min(stamp, self.mesh_time() + self.max_skew_ms)
 
     def plausible(self, value: int) -> bool:
         """A time from the bus (ms) that an honest agent within the skew bound could send."""
-        return value <= self.wall() + 2 * self.max_skew_ms
+        return value <= self.mesh_time() + 2 * self.max_skew_ms
 
 
 class OffsetEstimate:

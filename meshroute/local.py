@@ -176,13 +176,14 @@ class LocalClaims:
         if same_session:
             return []
         clock = self.table.clock
-        if (
-            connected_since is not None
-            and clock.cap(connected_since * 1000) < connected_since * 1000
-        ):
+        if connected_since is not None and clock.cap(
+            clock.mesh_time(connected_since * 1000)
+        ) < clock.mesh_time(connected_since * 1000):
             connected_since = None  # a time further ahead than our clock may go: not believed
         since = connected_since if connected_since is not None else wall_ms // 1000
-        floor = max(self.table.max_stamp(address), wall_ms - 1, since * 1000 - 1)
+        # This server's times, in mesh time (the stamp's scale: meshroute.hlc).
+        now_mesh, since_mesh = clock.mesh_time(wall_ms), clock.mesh_time(since * 1000)
+        floor = max(self.table.max_stamp(address), now_mesh - 1, since_mesh - 1)
         record = ClaimRecord(address, common_name, since, clock.stamp_above(floor))
         self._entries[address] = _Entry(observed_at=now, since_estimated=connected_since is None)
         self._removed_at.pop(address, None)
@@ -259,7 +260,7 @@ class LocalClaims:
                 return self._set(ClaimRecord(address, session.common_name, since, current.stamp))
             if session.connected_since < current.connected_since:
                 return []  # an older view of a session we already know is newer
-        stamp = session.connected_since * 1000
+        stamp = self.table.clock.mesh_time(session.connected_since * 1000)
         echo = self.table.echoed.get(address) if not self._polled else None
         if echo is not None and (echo.common_name, echo.connected_since) == (
             session.common_name,

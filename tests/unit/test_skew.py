@@ -25,13 +25,15 @@ T0 = 1_800_000_000_000  # true time, ms
 class World:
     """Agents with one clock each (offset from a true time), joined by a perfect bus."""
 
-    def __init__(self, offsets_ms: dict[str, int]) -> None:
+    def __init__(self, offsets_ms: dict[str, int], *, mesh_time: bool = True) -> None:
         self.true_ms = T0
         self.offsets = dict(offsets_ms)
         self.cores: dict[str, AgentCore] = {}
         self.cut: set[str] = set()  # silently cut off: nothing in or out, bus still "up"
         for i, name in enumerate(offsets_ms, start=1):
             self.cores[name] = self._start(name, i)
+            if not mesh_time:  # each signal tested alone: stamps on the raw wall clocks
+                self.cores[name]._correct_clock = lambda: None  # type: ignore[method-assign]
 
     def wall(self, name: str) -> int:
         return self.true_ms + self.offsets[name]
@@ -108,8 +110,9 @@ class World:
 def test_hlc_orders_a_session_after_one_heard_of_whatever_the_wall_clocks():
     """s1's clock is 2 s ahead and its delta for the client is lost, but s2 hears a
     later heartbeat of s1's: a move to s2 after that is stamped above s1's session
-    (the hybrid clock merged from the heartbeat), before any poll could tell."""
-    w = World({"s1": 2000, "s2": 0, "s3": 0})
+    (the hybrid clock merged from the heartbeat), before any poll could tell. (Mesh
+    time off: it alone would also order these two.)"""
+    w = World({"s1": 2000, "s2": 0, "s3": 0}, mesh_time=False)
     w.run(1.0)
     w.connect("s1")
     w.cores["s1"].take_outbox()  # the delta is lost
@@ -128,8 +131,9 @@ def test_a_live_session_reasserts_over_a_stale_one_stamped_ahead():
     """Issue 7, first scenario: s2's clock 101 ms behind s1, the bus slower than that;
     a connect on s1 then on s2 before s2 heard of it: s1's stale session used to win
     everywhere until s1's ping-restart. Now s2's status shows the client still
-    talking to s2 after the contest, and s2's session re-asserts."""
-    w = World({"s1": 101, "s2": 0, "s3": 0})
+    talking to s2 after the contest, and s2's session re-asserts. (Mesh time off, as
+    before any offset is known: it alone would order these two.)"""
+    w = World({"s1": 101, "s2": 0, "s3": 0}, mesh_time=False)
     w.run(1.0)
     w.true_ms += 500  # nothing from s1 in flight for a while
     w.connect("s1")
@@ -182,6 +186,37 @@ def test_a_clock_far_ahead_during_a_cut_loses_to_the_live_session_after_the_heal
     w.flush()
     w.run(5.0, sessions=sessions)
     assert {w.winner(n) for n in w.cores} == {"b"}
+
+
+def test_mesh_time_orders_two_silent_sessions_when_nothing_linked_them():
+    """Found by the long property run: s1's clock 4 s ahead, cut off; the client
+    connects there, then on s4 (a later session, which heard nothing of s1's),
+    then leaves: two silent sessions, no Last Ref evidence, no causal link. With
+    stamps on raw wall clocks s1's (earlier) session won everywhere; in mesh time
+    (each agent's wall less how far it runs ahead of its peers' median) s4's does."""
+    w = World({"s1": 4000, "s2": 0, "s3": 0, "s4": 170})
+    w.run(3.0)  # offsets known
+    assert 3800 < w.cores["s1"].clock.correction_ms <= 4000  # the median of its peers
+    w.cut.add("s1")
+    w.connect("s1")
+    w.true_ms += 300
+    w.connect("s4")
+    since1 = w.cores["s1"].table.local.records[CLIENT].connected_since
+    since4 = w.cores["s4"].table.local.records[CLIENT].connected_since
+
+    def sessions(name: str) -> list[Session]:  # both silent: the client has left
+        if name == "s1":
+            return [Session(CLIENT, "c1", since1, last_ref=since1)]
+        if name == "s4":
+            return [Session(CLIENT, "c1", since4, last_ref=since4)]
+        return []
+
+    w.run(1.0, sessions=sessions)
+    w.cut.clear()
+    w.cores["s1"].on_bus_up(w.now)
+    w.flush()
+    w.run(5.0, sessions=sessions)
+    assert {w.winner(n) for n in w.cores} == {"s4"}
 
 
 def test_offsets_are_estimated_per_peer():
