@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.fakes import poll
-from tests.integration.cluster import NODES, Cluster, ClusterMesh
+from tests.integration.cluster import FAULTED_NODES, Cluster, ClusterMesh
 from tests.integration.mesh import Mesh, backbone
 from tests.integration.test_faults import Sampler
 
@@ -116,7 +116,7 @@ def test_losing_each_node_in_turn_removes_no_route(cluster: Cluster, cmesh: Mesh
     figures, allowed = [], set()
     sampler = Sampler(cmesh)
     try:
-        for k in range(1, NODES + 1):
+        for k in FAULTED_NODES:
             on_k = agents[k - 1]  # started on node k (its first URL)
             mover = agents[k % len(agents)]
             target = on_k  # the hard case: its client arrives while its node goes
