@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from meshroute.clock import SystemClock
-from meshroute.hlc import HybridClock
+from meshroute.hlc import HybridClock, OffsetEstimate
 from meshroute.local import CLIENT_CONNECT, Change, LocalClaims, Session
 from meshroute.model import (
     Address,
@@ -140,6 +140,7 @@ class AgentCore:
         self.poll_due: float | None = None  # an early status poll is wanted then
         self.full_resync_wanted = False  # a peer's state arrived: re-judge held routes
         self._last_probe = float("-inf")
+        self._own_transit = OffsetEstimate()  # our own messages: sent -> back, one clock
         self._hearing_since: float | None = None  # hearing the bus without a break since
         self._unknown_released = False  # routes toward unknown hops no longer kept
         self.outbox: list[Outgoing] = []
@@ -208,6 +209,8 @@ class AgentCore:
         if header.origin == self.name:
             if header.epoch == self.epoch:  # our own, back through the broker
                 self.heard_self_at = max(self.heard_self_at or now, now)
+                if header.sent_ms is not None:
+                    self._own_transit.add(header.sent_ms, self.clock.wall())
             return
         was_synced = self._synced_peers()
         reaction = self.table.apply(message, now)
@@ -341,8 +344,13 @@ class AgentCore:
         """Stamp in mesh time: our wall clock less how far it runs ahead of the median
         of our peers' clocks (ourselves counted as 0). One liar moves the median by
         one place at most, and the correction is bounded by max_clock_skew."""
+        # A peer's estimate is its offset less the least transit delay of its messages;
+        # our own messages' round trip through the broker (one clock, no offset) has
+        # the same two legs, so adding its least delay back removes that bias.
+        bias = self._own_transit.offset_ms or 0  # minus the least own transit, <= 0
         offsets = [p.offset.offset_ms for p in self.table.peers.values()]
-        self.clock.correct(int(statistics.median([0, *(o for o in offsets if o is not None)])))
+        known = [o - bias for o in offsets if o is not None]
+        self.clock.correct(int(statistics.median([0, *known])))
 
     def tick(self, now: float) -> list[str]:
         """Timers: heartbeat, end of the sync window, expiry. Returns expired peers."""
