@@ -463,11 +463,11 @@ class World:
     def expected_owners(self) -> dict[Address, set[str]]:
         """The servers that may own each address once everything has settled.
 
-        The latest session in true time among the servers whose agents run. In the
-        documented limit (``forgetful``) and when that session is not live (its
-        client left it, so no traffic tells it from the others), any session that
-        started within one second plus the clock skew of the latest is accepted:
-        such sessions are ordered only by second-resolution, skewed clocks.
+        The latest session in true time among the servers whose agents run. When
+        that session is not live (its client left it, so no traffic tells it from
+        the others), any session that started within the clock skew of the latest
+        is accepted (mesh time cannot correct an agent that never heard its peers);
+        in the documented limit (``forgetful``), within one second more.
         """
         owners: dict[Address, set[str]] = {}
         candidates: dict[Address, list[tuple[float, str]]] = {}
@@ -477,9 +477,14 @@ class World:
         for address, found in candidates.items():
             latest, server = max(found)
             owners[address] = {server}
-            if self.forgetful and self.live.get(address) != server:
-                window = 1.0 + self.max_skew_s()
-                owners[address] |= {s for started, s in found if latest - started < window}
+            if self.live.get(address) == server:
+                continue
+            # Nobody's traffic can tell the sessions apart any more (the client left):
+            # they are ordered by stamps in mesh time, which an agent that never heard
+            # its peers (cut off since its start) cannot correct: within the skew, any
+            # of them (docs/design.md, "Limits"). Forgetful: within a second too.
+            window = self.max_skew_s() + (1.0 if self.forgetful else 0.0)
+            owners[address] |= {s for started, s in found if latest - started < window}
         return owners
 
     def truth_violations(self) -> list[str]:
