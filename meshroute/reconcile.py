@@ -23,7 +23,8 @@ added by hand with our protocol) is a *stray*: kept apart and always deleted.
 adds and changes only: an adopted route that is not yet explained stays in place
 until the agent knows enough to decide. ``keep`` narrows deletes further, by next
 hop: a route toward a peer whose current state has not arrived yet (it restarted
-at the same time as us) is kept, unless its address is now one of our own clients
+at the same time as us) is kept, neither deleted nor moved to another next hop,
+unless its address is now one of our own clients
 (:meth:`meshroute.core.AgentCore.keeps_route`).
 """
 
@@ -83,7 +84,11 @@ def diff(
     keep: Keep = _keep_nothing,
 ) -> Plan:
     """The changes that turn ``actual`` into ``desired`` (both address -> next hop)."""
-    replace = {a: hop for a, hop in desired.items() if actual.get(a) != hop}
+    replace = {
+        a: hop
+        for a, hop in desired.items()
+        if (have := actual.get(a)) != hop and (have is None or not keep(a, have))
+    }
     if not allow_delete:
         return Plan(replace, ())
     delete = tuple(a for a, hop in actual.items() if a not in desired and not keep(a, hop))
@@ -104,7 +109,8 @@ def diff_some(
     for address in addresses:
         want, have = desired.get(address), actual.get(address)
         if want is not None and want != have:
-            replace[address] = want
+            if have is None or not keep(address, have):
+                replace[address] = want
         elif want is None and have is not None and allow_delete and not keep(address, have):
             delete.append(address)
     return Plan(replace, tuple(delete))

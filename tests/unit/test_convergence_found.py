@@ -105,3 +105,17 @@ def test_a_quiet_restart_of_the_stale_server_keeps_its_route_to_the_live_one():
     machine.quiesce()
     machine.restart_quietly(downtime=0.1, servers={1})
     machine.teardown()
+
+
+def test_three_agents_restarted_together_move_no_route_on_a_restarted_peer():
+    """Found by the CI profile: a move s1 -> s3 within 50 ms, then s1, s2 and s3
+    restarted together. s2's adopted route toward s3 was moved to s1 when s1's
+    snapshot (with its stale session) arrived before s3's: a kept route is now
+    neither deleted nor moved while its peer's state is missing."""
+    machine = _machine(5, seed=216611345)
+    machine.quiesce()
+    machine.restart_quietly(downtime=0.1, servers={0})
+    machine.move(client=0, first=0, gap=0.05, second=2)
+    machine.quiesce()
+    machine.restart_quietly(downtime=0.1, servers={0, 1, 2})
+    machine.teardown()
