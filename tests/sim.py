@@ -177,8 +177,10 @@ def reconcile(agent: SimAgent, now: float, resync_interval: float) -> None:
 
     Records every delete made while the table is frozen (or the agent is silently
     cut off from the broker): an agent that cannot hear the bus must delete no
-    route, but for one to its own client (a hook) and one toward a peer whose
-    goodbye it heard before the cut (held back by the sync window).
+    route because it cannot tell who is dead, but for one to its own client (a
+    hook), one toward a peer whose goodbye it heard before the cut (held back by the
+    sync window), and one toward a peer it still knows, whose own state (received
+    before the cut) no longer claims the address.
     """
     table, reconciler = agent.core.table, agent.reconciler
     reconciler.resync_interval = resync_interval
@@ -194,8 +196,11 @@ def reconcile(agent: SimAgent, now: float, resync_interval: float) -> None:
             winner = table.winner(host_address(prefix))  # type: ignore[arg-type]
             if winner is not None and winner.owner == agent.name:
                 continue  # its own client now (a hook while cut off)
-            if agent.hop_owners.get(hops[prefix]) in table.departed:
+            owner = agent.hop_owners.get(hops[prefix])
+            if owner in table.departed:
                 continue  # toward a peer that said goodbye before the cut
+            if owner in table.peers and table.peers[owner].synced:
+                continue  # that peer, still known, said so itself (its snapshot or delta)
             agent.frozen_deletes.append(prefix)
 
 

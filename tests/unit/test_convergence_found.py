@@ -119,3 +119,23 @@ def test_three_agents_restarted_together_move_no_route_on_a_restarted_peer():
     machine.quiesce()
     machine.restart_quietly(downtime=0.1, servers={0, 1, 2})
     machine.teardown()
+
+
+def test_a_delete_a_known_peer_asked_for_is_not_a_frozen_delete():
+    """Found by the long run: every agent restarted, then s5 was cut off silently
+    before it knew; its sync window ended and it deleted a stale route toward s2,
+    whose own snapshot (received before the cut) no longer claimed the address.
+    That is knowledge, not a guess about who is dead: the frozen-delete invariant
+    (tests/sim.py) now allows it, and the agent behaves as before."""
+    machine = _machine(5, max_delay=3.0)
+    machine.move(client=3, first=0, gap=0.5, second=1)
+    machine.restart(downtime=3.0, servers={0})
+    machine.move(client=0, first=1, gap=0.5, second=0)
+    machine.leave(client=3)
+    machine.restart(downtime=0.1, servers={0, 1, 2, 3})
+    machine.restart(downtime=3.0, servers={0})
+    machine.restart(downtime=1.0, servers={0, 1, 2, 3, 4})
+    machine.cut_silently(server=4)
+    machine.move(client=0, first=0, gap=0.5, second=0)
+    machine.move(client=0, first=0, gap=0.5, second=0)
+    machine.teardown()
