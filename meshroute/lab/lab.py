@@ -32,6 +32,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from meshroute.lab import backbone as backbones
 from meshroute.lab import netns, observe, procs
 from meshroute.lab.files import (
     DEFAULT_ROOT,
@@ -160,14 +161,17 @@ class Lab:
         timeout: float = 90.0,
         hooks: str = "auto",
         brokers: int = 1,
+        backbone: str = "bridge",
     ) -> float:
         """Build and start everything; return the seconds it took to converge.
         ``hooks``: how OpenVPN hands events to the agents (plugin, script, auto);
-        ``brokers``: RabbitMQ nodes (more than one: a cluster b1..bK)."""
+        ``brokers``: RabbitMQ nodes (more than one: a cluster b1..bK);
+        ``backbone``: the management net (bridge, openvpn, openvpn-tun)."""
         started = time.monotonic()
         plan = make_plan(self.prefix, servers, clients, brokers)
-        try:  # refuse a missing plugin before making anything
+        try:  # refuse a missing plugin or an unknown backbone before making anything
             choose_hook(hooks, self.paths.root)
+            backbones.check_form(backbone)
         except ValueError as exc:
             raise LabError(str(exc)) from None
         found = self.leftovers()
@@ -178,11 +182,18 @@ class Lab:
             )
         state = LabState(self.prefix, servers, clients, created=time.time(),
                          client_server={c.name: c.home for c in plan.clients},
-                         broker_port=AMQP_PORT, brokers=brokers)  # fmt: skip
+                         broker_port=AMQP_PORT, brokers=brokers,
+                         backbone=backbone)  # fmt: skip
         self.store.save(state)
         netns.create_namespaces(plan)
-        netns.build_network(plan)
-        self._wire_more_brokers(plan)
+        netns.build_network(plan, backbone_bridge=backbone == "bridge")
+        if backbone == "bridge":
+            self._wire_more_brokers(plan)
+        else:  # before the broker boots: RabbitMQ binds to its backbone address
+            backbones.wire_underlay(plan)
+            backbones.start(backbone, plan, self.paths.root, self.paths.logs, self._spawn)
+            log.info("lab %s: %s backbone up after %.1fs", self.prefix, backbone,
+                     time.monotonic() - started)  # fmt: skip
         log.info("lab %s: network built in %.1fs", self.prefix, time.monotonic() - started)
         with ThreadPoolExecutor(max_workers=len(plan.brokers)) as pool:
             nodes = self.brokers(plan)
@@ -409,8 +420,9 @@ class Lab:
         mine = []
         for role, pid in state.pids.items():
             node, program = role.split(".", 1)
-            marker = self.paths.agent_conf(node) if program == "agent" else (
-                self.paths.openvpn_conf(node))  # fmt: skip
+            markers = {"agent": self.paths.agent_conf(node),
+                       backbones.ROLE: backbones.conf_path(self.paths.root, node)}  # fmt: skip
+            marker = markers.get(program, self.paths.openvpn_conf(node))
             if procs.alive(pid, str(marker)):
                 mine.append((role, pid))
         procs.stop_many([pid for _, pid in mine])
