@@ -177,7 +177,7 @@ def backbone_warnings(mgmt_interface: str | None, kind: str | None,
     if not peers:
         return [f"{where} is a tun device of an OpenVPN server ({backbone.path}) and no "
                 "peer in its client-config-dir has an iroute: it drops every client "
-                "packet a peer forwards ('bad source address') and every one toward a "
+                "packet a peer forwards (its source check) and every one toward a "
                 "peer's clients; with one peer server give it iroute for the client "
                 "networks (deploy/backbone/ccd/vpnsrvB-tun), with more " + fix]  # fmt: skip
     return []

@@ -103,7 +103,7 @@ def test_tap_hub_forwards_by_next_hop_so_every_pair_is_delivered() -> None:
 def test_tun_hub_without_iroute_drops_every_packet_that_is_not_a_peers_own() -> None:
     # The backbone itself works (peer to peer), meshroute's next hops are right,
     # yet no client packet crosses: the hub drops a packet from a peer whose source
-    # is not that peer's address ("bad source address"), and one toward an address
+    # is not that peer's address (OpenVPN's source check), and one toward an address
     # no peer has as iroute.
     with backbone_only("n", "openvpn-tun", iroutes=False) as plan:
         assert ping_once(plan.servers[1].netns, str(plan.servers[2].backbone))[0]
