@@ -19,6 +19,8 @@ address; whether the packet then arrives depends on what the backbone forwards b
   destination, whatever next hop the kernel chose. With two servers (the article)
   there is one such client and every packet is right; with more, the client
   networks can only follow one of them, so it fails (docs/backbone.md measures it).
+- ``openvpn-p2p``: a full mesh of point-to-point tunnels, one shared local address
+  per member (:mod:`meshroute.lab.backbone_p2p`): no hub, N(N-1)/2 tunnels.
 
 Invariants:
 
@@ -42,12 +44,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from meshroute.lab import netns
+from meshroute.lab import backbone_p2p, netns
 from meshroute.lab import topology as topo
 from meshroute.lab.pki import Pki, make_pki
 from meshroute.lab.topology import LabPlan
 
-FORMS = ("bridge", "openvpn", "openvpn-tun")
+FORMS = ("bridge", "openvpn", "openvpn-tun", "openvpn-p2p")
 HUB_PORT = 11940
 BROKER_UNDERLAY_OFFSET = 512  # broker node underlay 198.18.2.H
 ROLE = "backbone"
@@ -199,10 +201,26 @@ def conf_path(root: Path, node: str) -> Path:
     return root / node / "backbone.conf"
 
 
+def marker(root: Path, node: str, program: str) -> Path | None:
+    """The config path that marks a backbone process of role ``node.program``."""
+    if program == ROLE:
+        return conf_path(root, node)
+    if program.startswith(backbone_p2p.ROLE_PREFIX):
+        return backbone_p2p.conf_path(root, node, program.removeprefix(backbone_p2p.ROLE_PREFIX))
+    return None
+
+
 def start(form: str, plan: LabPlan, root: Path, logs: Path, spawn: Spawn,
           timeout: float = 20.0, iroutes: bool = True) -> None:  # fmt: skip
     """Write the configs, start the hub and every member, wait for their addresses."""
     nodes = members(plan)
+    for member in nodes:
+        netns.sysctl(member.netns, NODE_SYSCTLS)
+    if form == "openvpn-p2p":
+        backbone_p2p.write_and_spawn(nodes, root, logs, spawn)
+        # The addresses exist from the start (ifconfig at open), not the TLS session.
+        wait_addresses(nodes, logs, timeout, devices=len(nodes) - 1)
+        return backbone_p2p.wait_connected(nodes, logs, timeout)
     hub, rest = nodes[0], nodes[1:]
     pki = make_pki(root / "pki-bb", [hub.name], [m.name for m in rest])
     ccd = root / hub.name / "ccd-bb"
@@ -212,7 +230,6 @@ def start(form: str, plan: LabPlan, root: Path, logs: Path, spawn: Spawn,
     texts = {hub.name: render_hub(form, hub, pki, ccd)}
     texts.update({m.name: render_member(form, m, hub, pki) for m in rest})
     for member in nodes:
-        netns.sysctl(member.netns, NODE_SYSCTLS)
         path = conf_path(root, member.name)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(texts[member.name])
@@ -221,27 +238,29 @@ def start(form: str, plan: LabPlan, root: Path, logs: Path, spawn: Spawn,
     wait_addresses(nodes, logs, timeout)
 
 
-def wait_addresses(nodes: list[Member], logs: Path, timeout: float) -> None:
+def wait_addresses(nodes: list[Member], logs: Path, timeout: float, devices: int = 1) -> None:
     deadline = time.monotonic() + timeout
     missing = list(nodes)
     while missing:
-        missing = [m for m in missing if not has_addresses(m)]
+        missing = [m for m in missing if not has_addresses(m, devices)]
         if not missing:
             return
         if time.monotonic() > deadline:
-            names = ", ".join(f"{m.name} (see {logs / f'{m.name}-{ROLE}.log'})" for m in missing)
+            names = ", ".join(f"{m.name} (see {logs}/{m.name}-{ROLE}*.log)" for m in missing)
             raise BackboneError(f"backbone {topo.BACKBONE_IF} not up after {timeout:.0f}s on "
                                 f"{names}")  # fmt: skip
         time.sleep(0.05)
 
 
-def has_addresses(member: Member) -> bool:
-    """True once ``bb0`` in the member's namespace carries both its addresses."""
-    out = netns.run(["ip", "-n", member.netns, "-j", "addr", "show", "dev", topo.BACKBONE_IF],
-                    check=False)  # fmt: skip
+def has_addresses(member: Member, devices: int = 1) -> bool:
+    """True once ``devices`` interfaces of the member carry both its backbone
+    addresses (``bb0``; or every tunnel of the point-to-point mesh)."""
+    out = netns.run(["ip", "-n", member.netns, "-j", "addr", "show"], check=False)
     try:
         links = json.loads(out or "[]")
     except ValueError:
         return False
-    found = {a.get("local") for link in links for a in link.get("addr_info", [])}
-    return {str(member.address), str(member.address6)} <= found
+    wanted = {str(member.address), str(member.address6)}
+    carrying = [link for link in links
+                if wanted <= {a.get("local") for a in link.get("addr_info", [])}]  # fmt: skip
+    return len(carrying) >= devices

@@ -66,11 +66,12 @@ def lab() -> None:
               show_default=True,
               help="OpenVPN -> agent events: the C plugin, the script hooks, or auto "
                    "(the plugin when it is built).")  # fmt: skip
-@click.option("--backbone", type=click.Choice(["bridge", "openvpn", "openvpn-tun"]),
+@click.option("--backbone",
+              type=click.Choice(["bridge", "openvpn", "openvpn-tun", "openvpn-p2p"]),
               default="bridge", show_default=True,
               help="The management net: a Linux bridge, an OpenVPN tap hub on s1 (any "
-                   "number of servers), or the article's tun server on s1 (two servers; "
-                   "see docs/backbone.md).")  # fmt: skip
+                   "number of servers), the article's tun server on s1 (two servers), or "
+                   "a full mesh of point-to-point tunnels (see docs/backbone.md).")  # fmt: skip
 def up(prefix: str, servers: int, clients: int, brokers: int, timeout: float, hooks: str,
        backbone: str) -> None:  # fmt: skip
     """Build the lab and return once every agent has converged."""

@@ -278,11 +278,12 @@ class Lab:
         nodes[0].add_user(UI_USER, admin_pw, ".*", ".*", ".*", tags=("administrator",))
         write_secret(self.admin_password_file, admin_pw + "\n")
         by_name = dict(zip((b.name for b in plan.brokers), nodes, strict=True))
+        ifname = None if self.state().backbone == "openvpn-p2p" else BACKBONE_IF
         for server in plan.servers:
             urls = [by_name[b.name].url_for(server.name, passwords[server.name])
                     for b in plan.broker_order(server)]  # fmt: skip
             write_agent(self.paths, server, ", ".join(urls), self.timings,
-                        metrics_listen=metrics_listen(server))  # fmt: skip
+                        metrics_listen=metrics_listen(server), mgmt_interface=ifname)  # fmt: skip
             self.start_agent(server.name)
 
     def wait_converged(self, timeout: float) -> list[str]:
@@ -420,9 +421,9 @@ class Lab:
         mine = []
         for role, pid in state.pids.items():
             node, program = role.split(".", 1)
-            markers = {"agent": self.paths.agent_conf(node),
-                       backbones.ROLE: backbones.conf_path(self.paths.root, node)}  # fmt: skip
-            marker = markers.get(program, self.paths.openvpn_conf(node))
+            marker = backbones.marker(self.paths.root, node, program) or (
+                self.paths.agent_conf(node) if program == "agent"
+                else self.paths.openvpn_conf(node))  # fmt: skip
             if procs.alive(pid, str(marker)):
                 mine.append((role, pid))
         procs.stop_many([pid for _, pid in mine])

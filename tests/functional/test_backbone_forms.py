@@ -6,8 +6,8 @@ client address (on lo: 10.100.100.64+K, fd00:100::64+K) and the host
 routes meshroute would install: every other server's stand-in ``via`` that server's
 backbone address, with protocol 201. Then every server pings every other stand-in
 from its own, once per family. A backbone that forwards by next hop delivers all
-six pairs; an OpenVPN tun server forwards by the packet's inner addresses and
-cannot (docs/backbone.md).
+six pairs (the tap hub, the point-to-point mesh); an OpenVPN tun server forwards
+by the packet's inner addresses and cannot (docs/backbone.md).
 """
 
 from __future__ import annotations
@@ -92,8 +92,9 @@ def _ping_from(ns: str, source: str, address: str) -> bool:
     return subprocess.run(argv, capture_output=True, check=False).returncode == 0
 
 
-def test_tap_hub_forwards_by_next_hop_so_every_pair_is_delivered() -> None:
-    with backbone_only("p", "openvpn") as plan:
+@pytest.mark.parametrize("form", ["openvpn", "openvpn-p2p"])
+def test_tap_hub_and_p2p_mesh_forward_by_next_hop_so_every_pair_is_delivered(form: str) -> None:
+    with backbone_only(form[-1], form) as plan:
         assert ping_once(plan.servers[1].netns, str(plan.servers[2].backbone))[0]
         for family in (4, 6):
             results = delivered(plan, family)
