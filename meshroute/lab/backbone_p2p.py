@@ -14,9 +14,10 @@ port ``PORT_BASE + position`` of the *peer* on each side, so no two tunnels of
 a member share a port; i is the TLS server, j the client; each side accepts only
 the peer's certificate name (``verify-x509-name``; a member has a server and a
 client certificate, as OpenSSL checks the purpose). Addresses are set by
-OpenVPN's ``up`` script (``ifconfig-noexec``), a file per tunnel in the lab
-directory. The agents get ``backbone_networks`` instead of ``mgmt_interface`` (a
-member has one device per peer, none of them "the" backbone interface).
+OpenVPN's ``up`` script (``ifconfig-noexec``; :data:`UP_SCRIPT`, the same as
+deploy/backbone/openvpn-p2p-up.sh). The agents get ``backbone_networks`` instead
+of ``mgmt_interface`` (a member has one device per peer, none of them "the"
+backbone interface).
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ def render_side(me: Member, peer: Member, positions: dict[str, int], tls_server:
         *([f"tls-crypt {pki.tls_crypt_key}"] if pki.tls_crypt_key else []),
         "ifconfig-noexec",  # the up script sets LOCAL peer PEER (see the docstring)
         f"ifconfig {me.address} {peer.address}",
+        f"ifconfig-ipv6 {me.address6}/128 {peer.address6}",
         "script-security 2",
         f"up {up_script}",
         "keepalive 10 60",
@@ -81,16 +83,21 @@ def render_side(me: Member, peer: Member, positions: dict[str, int], tls_server:
     return "\n".join(lines) + "\n"
 
 
-def render_up(me: Member, peer: Member) -> str:
-    """The up script: one shared local address per member, the peer's as ``peer``."""
-    dev = device(peer.name)
-    return (
-        "#!/bin/sh\n"
-        f"ip link set {dev} up\n"
-        f"ip addr add {me.address} peer {peer.address} dev {dev}\n"
-        f"ip -6 addr add {me.address6}/128 dev {dev} nodad\n"
-        f"ip -6 route add {peer.address6}/128 dev {dev}\n"
-    )
+UP_SCRIPT = """#!/bin/sh
+# OpenVPN `up` script of a point-to-point backbone tunnel (with ifconfig-noexec):
+# this server's ONE backbone address on every tunnel, the peer's as `peer`, so
+# `CLIENT via PEER` leaves by the tunnel toward PEER. IPv6: LOCAL/128 and a /128
+# route to the peer (a /64 on every tunnel would make the prefix ambiguous).
+# OpenVPN passes dev, ifconfig_local, ifconfig_remote, ifconfig_ipv6_local and
+# ifconfig_ipv6_remote in the environment. Same text: deploy/backbone/openvpn-p2p-up.sh
+set -e
+ip link set "$dev" up
+ip addr add "$ifconfig_local" peer "$ifconfig_remote" dev "$dev"
+if [ -n "$ifconfig_ipv6_local" ]; then
+    ip -6 addr add "$ifconfig_ipv6_local/128" dev "$dev" nodad
+    ip -6 route add "$ifconfig_ipv6_remote/128" dev "$dev"
+fi
+"""
 
 
 def client_name(name: str) -> str:
@@ -107,12 +114,12 @@ def write_and_spawn(nodes: Sequence[Member], root: Path, logs: Path,
     names = [m.name for m in nodes]
     pki = make_pki(root / "pki-bb", names, [client_name(n) for n in names])
     positions = {m.name: k for k, m in enumerate(nodes)}
+    up = root / "backbone-up.sh"
+    up.write_text(UP_SCRIPT)
+    up.chmod(0o755)
     for first, second in itertools.combinations(nodes, 2):
         for me, peer, server in ((first, second, True), (second, first, False)):
-            up = root / me.name / f"up-{device(peer.name)}.sh"
-            up.parent.mkdir(parents=True, exist_ok=True)
-            up.write_text(render_up(me, peer))
-            up.chmod(0o755)
+            (root / me.name).mkdir(parents=True, exist_ok=True)
             path = conf_path(root, me.name, peer.name)
             path.write_text(render_side(me, peer, positions, server, pki, up))
             name = f"{me.name}-{ROLE_PREFIX}{peer.name}"

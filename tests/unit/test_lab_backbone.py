@@ -59,3 +59,46 @@ def test_member_connects_to_the_hub_with_its_own_certificate() -> None:
 def test_unknown_form_is_refused_with_the_choices() -> None:
     with pytest.raises(ValueError, match="bridge, openvpn, openvpn-tun"):
         backbone.check_form("wireguard")
+
+
+def test_p2p_tunnel_sides_mirror_each_other_and_share_one_local_address() -> None:
+    from meshroute.lab import backbone_p2p as p2p
+
+    nodes = backbone.members(make_plan("mrx", 3, 0))
+    s1, s2, s3, _ = nodes
+    names = [m.name for m in nodes]
+    d = Path("/x/pki-bb")
+    pki = Pki(d, d / "ca.crt", d / "ca.key",
+              servers={n: CertKey(n, d / f"{n}.crt", d / f"{n}.key") for n in names},
+              clients={p2p.client_name(n): CertKey(n, d / f"{n}-c.crt", d / f"{n}-c.key")
+                       for n in names})  # fmt: skip
+    positions = {n: k for k, n in enumerate(names)}
+    up = Path("/x/up.sh")
+    a = p2p.render_side(s1, s2, positions, True, pki, up).splitlines()
+    b = p2p.render_side(s2, s1, positions, False, pki, up).splitlines()
+    c = p2p.render_side(s1, s3, positions, True, pki, up).splitlines()
+    assert {
+        "dev bb-s2",
+        "tls-server",
+        "lport 11942",
+        "rport 11941",
+        "ifconfig 10.200.200.1 10.200.200.2",
+        "verify-x509-name s2-c name",
+    } <= set(a)
+    assert {
+        "dev bb-s1",
+        "tls-client",
+        "lport 11941",
+        "rport 11942",
+        "ifconfig 10.200.200.2 10.200.200.1",
+        "verify-x509-name s1 name",
+    } <= set(b)
+    assert "ifconfig 10.200.200.1 10.200.200.3" in c and "lport 11943" in c  # same local
+    assert not any(line.startswith("mode") for line in a + b)  # point-to-point
+
+
+def test_deploys_p2p_up_script_is_the_labs() -> None:
+    from meshroute.lab.backbone_p2p import UP_SCRIPT
+
+    deploy = Path(__file__).resolve().parents[2] / "deploy" / "backbone" / "openvpn-p2p-up.sh"
+    assert deploy.read_text() == UP_SCRIPT
