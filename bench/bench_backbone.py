@@ -10,7 +10,8 @@ prefix ``mrk<pid % 10000><n>``; real OpenVPN servers and clients, broker, agents
 see docs/lab.md and docs/backbone.md) and always takes it down again (``finally``,
 also on Ctrl-C). It writes nothing in the repo and never touches the root namespace.
 
-Forms: ``bridge`` and ``openvpn`` (tap hub on s1) with 3 servers and 6 clients,
+Forms: ``bridge``, ``openvpn`` (tap hub on s1) and ``openvpn-p2p`` (a full mesh of
+point-to-point tunnels) with 3 servers and 6 clients,
 ``openvpn-tun`` (the article's tun1: s1 server, s2 client) with 2 servers and 4,
 and ``openvpn-tun3``, the same form with 3 servers and 6 (expected: lost pings).
 Clients are homed round robin (c1 s1, c2 s2, c3 s3, c4 s1, ...). Pairs, each
@@ -19,7 +20,7 @@ Clients are homed round robin (c1 s1, c2 s2, c3 s3, c4 s1, ...). Pairs, each
 - ``same``: c1 -> c4, both on s1: the OpenVPN data tunnel only (the baseline);
 - ``hub``: c2 -> c1, s2 -> s1: one backbone crossing, to the hub (OpenVPN forms);
 - ``spoke``: c2 -> c3, s2 -> s3: for the tap hub, through the hub's OpenVPN
-  (two UDP legs and a userspace switch); for the bridge, direct.
+  (two UDP legs and a userspace switch); for the bridge and the mesh, direct.
 
 The RTT added by the backbone is ``pair - same`` (medians). The IPv6 pairs are run
 too (``--family 6``). Output: one table row per form and pair (p50, p90, p99, loss).
@@ -39,6 +40,7 @@ MESHROUTE = [str(Path(sys.executable).parent / "meshroute")]
 FORMS = {  # label: (backbone, servers, clients)
     "bridge": ("bridge", 3, 6),
     "openvpn": ("openvpn", 3, 6),
+    "openvpn-p2p": ("openvpn-p2p", 3, 6),
     "openvpn-tun": ("openvpn-tun", 2, 4),
     "openvpn-tun3": ("openvpn-tun", 3, 6),  # the article's form with a third server
 }

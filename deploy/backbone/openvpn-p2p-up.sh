@@ -2,7 +2,8 @@
 # OpenVPN `up` script of a point-to-point backbone tunnel (with ifconfig-noexec):
 # this server's ONE backbone address on every tunnel, the peer's as `peer`, so
 # `CLIENT via PEER` leaves by the tunnel toward PEER. IPv6: LOCAL/128 and a /128
-# route to the peer (a /64 on every tunnel would make the prefix ambiguous).
+# route to the peer, whatever ifconfig-ipv6's /bits (a /64 on every tunnel would
+# make the prefix ambiguous).
 # OpenVPN passes dev, ifconfig_local, ifconfig_remote, ifconfig_ipv6_local and
 # ifconfig_ipv6_remote in the environment. Same text: deploy/backbone/openvpn-p2p-up.sh
 set -e

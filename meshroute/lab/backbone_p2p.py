@@ -72,7 +72,8 @@ def render_side(me: Member, peer: Member, positions: dict[str, int], tls_server:
         *([f"tls-crypt {pki.tls_crypt_key}"] if pki.tls_crypt_key else []),
         "ifconfig-noexec",  # the up script sets LOCAL peer PEER (see the docstring)
         f"ifconfig {me.address} {peer.address}",
-        f"ifconfig-ipv6 {me.address6}/128 {peer.address6}",
+        # OpenVPN wants /64../124 here; the up script sets /128 whatever it says.
+        f"ifconfig-ipv6 {me.address6}/64 {peer.address6}",
         "script-security 2",
         f"up {up_script}",
         "keepalive 10 60",
@@ -87,7 +88,8 @@ UP_SCRIPT = """#!/bin/sh
 # OpenVPN `up` script of a point-to-point backbone tunnel (with ifconfig-noexec):
 # this server's ONE backbone address on every tunnel, the peer's as `peer`, so
 # `CLIENT via PEER` leaves by the tunnel toward PEER. IPv6: LOCAL/128 and a /128
-# route to the peer (a /64 on every tunnel would make the prefix ambiguous).
+# route to the peer, whatever ifconfig-ipv6's /bits (a /64 on every tunnel would
+# make the prefix ambiguous).
 # OpenVPN passes dev, ifconfig_local, ifconfig_remote, ifconfig_ipv6_local and
 # ifconfig_ipv6_remote in the environment. Same text: deploy/backbone/openvpn-p2p-up.sh
 set -e
