@@ -13,6 +13,7 @@ server breaks this form: tests/functional/test_backbone_forms.py.
 from __future__ import annotations
 
 import ipaddress
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -40,6 +41,7 @@ def test_the_backbone_is_a_tun_server_on_s1_with_s2_and_the_broker_its_clients(
     assert "iroute" not in (ccd / "broker").read_text()
     agent = article.lab.paths.agent_conf("s2").read_text()
     assert "10.200.200.254" in agent  # the broker is reached over the backbone
+    assert json.loads(article.cli("status", "--json").stdout)["backbone"] == "openvpn-tun"
 
 
 def test_full_matrix_and_routes_over_the_articles_backbone(article: RunningLab) -> None:
