@@ -166,7 +166,8 @@ class Lab:
         """Build and start everything; return the seconds it took to converge.
         ``hooks``: how OpenVPN hands events to the agents (plugin, script, auto);
         ``brokers``: RabbitMQ nodes (more than one: a cluster b1..bK);
-        ``backbone``: the management net (bridge, openvpn, openvpn-tun)."""
+        ``backbone``: the management net (bridge, openvpn, openvpn-tun, openvpn-p2p;
+        see :mod:`meshroute.lab.backbone`)."""
         started = time.monotonic()
         plan = make_plan(self.prefix, servers, clients, brokers)
         try:  # refuse a missing plugin or an unknown backbone before making anything
@@ -189,12 +190,13 @@ class Lab:
         netns.build_network(plan, backbone_bridge=backbone == "bridge")
         if backbone == "bridge":
             self._wire_more_brokers(plan)
-        else:  # before the broker boots: RabbitMQ binds to its backbone address
+        else:
             backbones.wire_underlay(plan)
+        log.info("lab %s: network built in %.1fs", self.prefix, time.monotonic() - started)
+        if backbone != "bridge":  # before the broker boots: it binds to its backbone address
             backbones.start(backbone, plan, self.paths.root, self.paths.logs, self._spawn)
             log.info("lab %s: %s backbone up after %.1fs", self.prefix, backbone,
                      time.monotonic() - started)  # fmt: skip
-        log.info("lab %s: network built in %.1fs", self.prefix, time.monotonic() - started)
         with ThreadPoolExecutor(max_workers=len(plan.brokers)) as pool:
             nodes = self.brokers(plan)
             booting = [pool.submit(node.start, 90.0) for node in nodes]
