@@ -24,15 +24,17 @@ address; whether the packet then arrives depends on what the backbone forwards b
 
 Invariants:
 
-- The OpenVPN device is named ``bb0`` with the bridge's addresses (server K .K,
-  broker .254, cluster node bK .255-K), so the agents' config (``mgmt_interface``,
-  ``next_hop``), the broker's listener and the metrics addresses do not depend on
-  the form.
-- Without the bridge backbone, servers and broker nodes reach the hub over the
-  underlay ("internet", 198.18.0.0/16; broker nodes at 198.18.2.H, H their backbone
-  host part), port 11940 (the article's), with a PKI of their own (``pki-bb/``).
-- ``start`` returns once every node has its backbone addresses, before the broker
-  boots (RabbitMQ binds to its backbone address).
+- Every form keeps the bridge's addresses (server K .K, broker .254, cluster node
+  bK .255-K): in the hub forms on the OpenVPN device ``bb0`` (so the agents'
+  ``mgmt_interface`` and ``next_hop`` do not depend on the form), in the mesh on
+  every tunnel. The broker's listener and the metrics addresses never change.
+- Without the bridge backbone, servers and broker nodes reach the hub (or each
+  other) over the underlay ("internet", 198.18.0.0/16; broker nodes at 198.18.2.H,
+  H their backbone host part), port 11940 (the article's; the mesh 11941..), with
+  a PKI of their own (``pki-bb/``).
+- ``start`` returns once every node has its backbone addresses (the mesh: once
+  every tunnel carries a ping), before the broker boots (RabbitMQ binds to its
+  backbone address).
 """
 
 from __future__ import annotations
