@@ -428,7 +428,10 @@ class Lab:
                 else self.paths.openvpn_conf(node))  # fmt: skip
             if procs.alive(pid, str(marker)):
                 mine.append((role, pid))
-        procs.stop_many([pid for _, pid in mine])
+        # The OpenVPN backbone last: agents close their broker connection over it.
+        last = [pid for role, pid in mine if backbones.marker(self.paths.root, *role.split(".", 1))]
+        procs.stop_many([pid for _, pid in mine if pid not in last])
+        procs.stop_many(last)
         return [f"{role} (pid {pid})" for role, pid in mine]
 
 
