@@ -30,11 +30,18 @@ def cli() -> None:
     help="Also check, as USER (the unit's User=), that every file the agent reads is "
     "readable. Needs root.",
 )
-def check(config: str, as_json: bool, as_user: str | None) -> None:
+@click.option(
+    "--backbone-openvpn",
+    metavar="FILE",
+    type=click.Path(dir_okay=False),
+    help="The OpenVPN config of the backbone (mgmt_interface): warn if that form cannot "
+    "carry meshroute's routes (a tun server with more than one peer; docs/backbone.md).",
+)
+def check(config: str, as_json: bool, as_user: str | None, backbone_openvpn: str | None) -> None:
     """Validate CONFIG (with MESHROUTE_* overrides) and print the effective config."""
     from meshroute.config import check_command
 
-    code = check_command(config, as_json=as_json)
+    code = check_command(config, as_json=as_json, backbone_openvpn=backbone_openvpn)
     if code == 0 and as_user:
         from meshroute.access import check_as_user
 

@@ -460,15 +460,29 @@ def key_reference() -> str:
     return "\n".join(rows) + "\n"
 
 
-def check_command(path: str, as_json: bool) -> int:
-    """``meshroute check CONFIG``: 0 and the effective config, or 2 and the errors."""
+def check_command(path: str, as_json: bool, backbone_openvpn: str | None = None) -> int:
+    """``meshroute check CONFIG``: 0 and the effective config, or 2 and the errors.
+    ``backbone_openvpn``: the backbone's OpenVPN config, to warn about a form that
+    cannot carry meshroute's routes (see netinfo.backbone_warnings)."""
     try:
         loaded = load_config(path)
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"error: {problem}", file=sys.stderr)
         return 2
-    for warning in loaded.warnings:
+    warnings = list(loaded.warnings)
+    if backbone_openvpn:
+        from meshroute import netinfo
+
+        try:
+            backbone = netinfo.read_openvpn_backbone(backbone_openvpn)
+        except OSError as exc:
+            print(f"error: --backbone-openvpn {backbone_openvpn}: {exc}", file=sys.stderr)
+            return 2
+        ifname = loaded.config.mgmt_interface
+        kind = netinfo.interface_kind(ifname) if ifname else None
+        warnings += netinfo.backbone_warnings(ifname, kind, backbone)
+    for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if as_json:
         print(json.dumps(config_as_dict(loaded.config, redact=True), indent=2))

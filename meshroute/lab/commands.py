@@ -66,14 +66,21 @@ def lab() -> None:
               show_default=True,
               help="OpenVPN -> agent events: the C plugin, the script hooks, or auto "
                    "(the plugin when it is built).")  # fmt: skip
-def up(prefix: str, servers: int, clients: int, brokers: int, timeout: float, hooks: str) -> None:
+@click.option("--backbone",
+              type=click.Choice(["bridge", "openvpn", "openvpn-tun", "openvpn-p2p"]),
+              default="bridge", show_default=True,
+              help="The management net: a Linux bridge, an OpenVPN tap hub on s1 (any "
+                   "number of servers), the article's tun server on s1 (two servers), or "
+                   "a full mesh of point-to-point tunnels (see docs/backbone.md).")  # fmt: skip
+def up(prefix: str, servers: int, clients: int, brokers: int, timeout: float, hooks: str,
+       backbone: str) -> None:  # fmt: skip
     """Build the lab and return once every agent has converged."""
     from meshroute.lab.status import lab_status, render_where
 
     the_lab = _lab(prefix)
     logging.getLogger("meshroute.lab.lab").setLevel(logging.INFO)  # progress on stderr
     try:
-        took = the_lab.up(servers, clients, timeout, hooks, brokers=brokers)
+        took = the_lab.up(servers, clients, timeout, hooks, brokers=brokers, backbone=backbone)
     except Exception as exc:  # whatever failed, say where the logs are and how to clean up
         click.echo(f"error: lab up failed: {exc}", err=True)
         if the_lab.paths.root.exists():

@@ -171,12 +171,17 @@ def write_agent(
     broker_url: str,
     timings: AgentTimings,
     metrics_listen: str | None = None,
+    mgmt_interface: str | None = topo.BACKBONE_IF,
 ) -> Path:
+    """The agent's config. Without ``mgmt_interface`` (a backbone with no single
+    interface: the point-to-point mesh) it is given the backbone networks instead."""
+    backbone = ({"mgmt_interface": mgmt_interface} if mgmt_interface
+                else {"backbone_networks": f"{topo.BACKBONE4}, {topo.BACKBONE6}"})  # fmt: skip
     lines = {
         "name": server.name,
         "broker_url": broker_url,
         "exchange": "meshroute",
-        "mgmt_interface": topo.BACKBONE_IF,
+        **backbone,
         "data_interface": topo.TUN,
         "next_hop": str(server.backbone),
         "next_hop6": str(server.backbone6),

@@ -32,6 +32,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from meshroute.lab import backbone as backbones
 from meshroute.lab import netns, observe, procs
 from meshroute.lab.files import (
     DEFAULT_ROOT,
@@ -160,14 +161,18 @@ class Lab:
         timeout: float = 90.0,
         hooks: str = "auto",
         brokers: int = 1,
+        backbone: str = "bridge",
     ) -> float:
         """Build and start everything; return the seconds it took to converge.
         ``hooks``: how OpenVPN hands events to the agents (plugin, script, auto);
-        ``brokers``: RabbitMQ nodes (more than one: a cluster b1..bK)."""
+        ``brokers``: RabbitMQ nodes (more than one: a cluster b1..bK);
+        ``backbone``: the management net (bridge, openvpn, openvpn-tun, openvpn-p2p;
+        see :mod:`meshroute.lab.backbone`)."""
         started = time.monotonic()
         plan = make_plan(self.prefix, servers, clients, brokers)
-        try:  # refuse a missing plugin before making anything
+        try:  # refuse a missing plugin or an unknown backbone before making anything
             choose_hook(hooks, self.paths.root)
+            backbones.check_form(backbone)
         except ValueError as exc:
             raise LabError(str(exc)) from None
         found = self.leftovers()
@@ -178,12 +183,20 @@ class Lab:
             )
         state = LabState(self.prefix, servers, clients, created=time.time(),
                          client_server={c.name: c.home for c in plan.clients},
-                         broker_port=AMQP_PORT, brokers=brokers)  # fmt: skip
+                         broker_port=AMQP_PORT, brokers=brokers,
+                         backbone=backbone)  # fmt: skip
         self.store.save(state)
         netns.create_namespaces(plan)
-        netns.build_network(plan)
-        self._wire_more_brokers(plan)
+        netns.build_network(plan, backbone_bridge=backbone == "bridge")
+        if backbone == "bridge":
+            self._wire_more_brokers(plan)
+        else:
+            backbones.wire_underlay(plan)
         log.info("lab %s: network built in %.1fs", self.prefix, time.monotonic() - started)
+        if backbone != "bridge":  # before the broker boots: it binds to its backbone address
+            backbones.start(backbone, plan, self.paths.root, self.paths.logs, self._spawn)
+            log.info("lab %s: %s backbone up after %.1fs", self.prefix, backbone,
+                     time.monotonic() - started)  # fmt: skip
         with ThreadPoolExecutor(max_workers=len(plan.brokers)) as pool:
             nodes = self.brokers(plan)
             booting = [pool.submit(node.start, 90.0) for node in nodes]
@@ -267,11 +280,12 @@ class Lab:
         nodes[0].add_user(UI_USER, admin_pw, ".*", ".*", ".*", tags=("administrator",))
         write_secret(self.admin_password_file, admin_pw + "\n")
         by_name = dict(zip((b.name for b in plan.brokers), nodes, strict=True))
+        ifname = None if self.state().backbone == "openvpn-p2p" else BACKBONE_IF
         for server in plan.servers:
             urls = [by_name[b.name].url_for(server.name, passwords[server.name])
                     for b in plan.broker_order(server)]  # fmt: skip
             write_agent(self.paths, server, ", ".join(urls), self.timings,
-                        metrics_listen=metrics_listen(server))  # fmt: skip
+                        metrics_listen=metrics_listen(server), mgmt_interface=ifname)  # fmt: skip
             self.start_agent(server.name)
 
     def wait_converged(self, timeout: float) -> list[str]:
@@ -409,11 +423,15 @@ class Lab:
         mine = []
         for role, pid in state.pids.items():
             node, program = role.split(".", 1)
-            marker = self.paths.agent_conf(node) if program == "agent" else (
-                self.paths.openvpn_conf(node))  # fmt: skip
+            marker = backbones.marker(self.paths.root, node, program) or (
+                self.paths.agent_conf(node) if program == "agent"
+                else self.paths.openvpn_conf(node))  # fmt: skip
             if procs.alive(pid, str(marker)):
                 mine.append((role, pid))
-        procs.stop_many([pid for _, pid in mine])
+        # The OpenVPN backbone last: agents close their broker connection over it.
+        last = [pid for role, pid in mine if backbones.marker(self.paths.root, *role.split(".", 1))]
+        procs.stop_many([pid for _, pid in mine if pid not in last])
+        procs.stop_many(last)
         return [f"{role} (pid {pid})" for role, pid in mine]
 
 

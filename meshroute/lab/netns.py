@@ -98,8 +98,9 @@ def create_namespaces(plan: LabPlan) -> None:
         batch(name, ["link set lo up"])
 
 
-def build_network(plan: LabPlan) -> None:
-    """Bridges in the net namespace, one veth per node and network, addresses, sysctls."""
+def build_network(plan: LabPlan, backbone_bridge: bool = True) -> None:
+    """Bridges in the net namespace, one veth per node and network, addresses, sysctls.
+    Without ``backbone_bridge`` the backbone is left to :mod:`meshroute.lab.backbone`."""
     net = plan.net_ns
     commands = [
         f"link add {topo.BRIDGE_UNDERLAY} type bridge",
@@ -110,10 +111,12 @@ def build_network(plan: LabPlan) -> None:
     links: list[tuple[str, str, str, str]] = []  # node, netns, inner name, bridge
     for server in plan.servers:
         links.append((server.name, server.netns, topo.UNDERLAY_IF, topo.BRIDGE_UNDERLAY))
-        links.append((server.name, server.netns, topo.BACKBONE_IF, topo.BRIDGE_BACKBONE))
+        if backbone_bridge:
+            links.append((server.name, server.netns, topo.BACKBONE_IF, topo.BRIDGE_BACKBONE))
     for client in plan.clients:
         links.append((client.name, client.netns, topo.UNDERLAY_IF, topo.BRIDGE_UNDERLAY))
-    links.append(("broker", plan.broker_ns, topo.BACKBONE_IF, topo.BRIDGE_BACKBONE))
+    if backbone_bridge:
+        links.append(("broker", plan.broker_ns, topo.BACKBONE_IF, topo.BRIDGE_BACKBONE))
     for node, netns, inner, bridge in links:
         under, back = topo.veth_names(node)
         outer = under if inner == topo.UNDERLAY_IF else back
@@ -124,20 +127,24 @@ def build_network(plan: LabPlan) -> None:
         ]
     batch(net, commands)
     for server in plan.servers:
-        batch(server.netns, _node_addresses(
-            (topo.UNDERLAY_IF, f"{server.underlay}/{topo.UNDERLAY4.prefixlen}"),
+        backbone = (
             (topo.BACKBONE_IF, f"{server.backbone}/{topo.BACKBONE4.prefixlen}"),
             (topo.BACKBONE_IF, f"{server.backbone6}/{topo.BACKBONE6.prefixlen}"),
+        )
+        batch(server.netns, _node_addresses(
+            (topo.UNDERLAY_IF, f"{server.underlay}/{topo.UNDERLAY4.prefixlen}"),
+            *(backbone if backbone_bridge else ()),
         ))  # fmt: skip
         sysctl(server.netns, SERVER_SYSCTLS)
     for client in plan.clients:
         batch(client.netns, _node_addresses(
             (topo.UNDERLAY_IF, f"{client.underlay}/{topo.UNDERLAY4.prefixlen}"),
         ))  # fmt: skip
-    batch(plan.broker_ns, _node_addresses(
-        (topo.BACKBONE_IF, f"{plan.broker}/{topo.BACKBONE4.prefixlen}"),
-        (topo.BACKBONE_IF, f"{plan.broker6}/{topo.BACKBONE6.prefixlen}"),
-    ))  # fmt: skip
+    if backbone_bridge:
+        batch(plan.broker_ns, _node_addresses(
+            (topo.BACKBONE_IF, f"{plan.broker}/{topo.BACKBONE4.prefixlen}"),
+            (topo.BACKBONE_IF, f"{plan.broker6}/{topo.BACKBONE6.prefixlen}"),
+        ))  # fmt: skip
 
 
 def _node_addresses(*pairs: tuple[str, str]) -> list[str]:

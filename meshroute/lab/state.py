@@ -43,6 +43,8 @@ class LabState:
     brokers: int = 1
     """RabbitMQ nodes: 1 (``broker``) or a cluster ``b1..bK``."""
     created: float = 0.0
+    backbone: str = "bridge"
+    """The management net: bridge, openvpn (tap hub) or openvpn-tun (see backbone.py)."""
 
 
 class LabStore:

@@ -80,6 +80,7 @@ def lab_status(lab: Lab) -> dict[str, Any]:
         )
     return {
         "prefix": lab.prefix,
+        "backbone": state.backbone,
         "phase": state.phase,
         "dir": str(paths.root),
         "logs": str(paths.logs),
@@ -172,7 +173,8 @@ def render_where(status: dict[str, Any]) -> str:
     p, b = status["prefix"], status["broker"]
     flag = "" if p == "mr" else f" --prefix {p}"
     lines = [
-        f"lab {p}: {len(status['servers'])} servers, {len(status['clients'])} clients",
+        f"lab {p}: {len(status['servers'])} servers, {len(status['clients'])} clients, "
+        f"backbone {status.get('backbone', 'bridge')}",
         f"  directory  {status['dir']}   (state in lab.json)",
         f"  logs       {status['logs']}",
         f"  broker     {b['url']} in netns {b['netns']} (per-agent users)",

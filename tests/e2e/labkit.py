@@ -75,7 +75,9 @@ class RunningLab:
 
 
 @contextmanager
-def running_lab(tag: str, servers: int, clients: int, brokers: int = 1) -> Iterator[RunningLab]:
+def running_lab(
+    tag: str, servers: int, clients: int, brokers: int = 1, backbone: str = "bridge"
+) -> Iterator[RunningLab]:
     """``lab up`` through the CLI; ``lab down`` afterwards, also when anything failed."""
     prefix = unique_prefix(tag)
     lab = Lab(prefix)
@@ -83,11 +85,11 @@ def running_lab(tag: str, servers: int, clients: int, brokers: int = 1) -> Itera
     try:
         done = cli("lab", "up", "--prefix", prefix, "--servers", str(servers),
                    "--clients", str(clients), "--brokers", str(brokers),
-                   check=False)  # fmt: skip
+                   "--backbone", backbone, check=False)  # fmt: skip
         running = RunningLab(prefix, lab, time.monotonic() - started)
         if done.returncode != 0:
             raise AssertionError(f"lab up failed:\n{done.stderr}\n{running.logs_tail()}")
-        print(f"lab {prefix} {servers}x{clients} up in {running.up_seconds:.1f}s")
+        print(f"lab {prefix} {servers}x{clients} ({backbone}) up in {running.up_seconds:.1f}s")
         yield running
     finally:
         keep = os.environ.get("MESHROUTE_E2E_KEEP_LOGS")

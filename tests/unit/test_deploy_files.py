@@ -42,7 +42,7 @@ def test_example_config_loads_with_the_articles_networks() -> None:
     assert config.name == "vpnsrvA"
     assert config.client_networks == (ipaddress.ip_network("10.100.100.0/24"),)
     assert config.next_hop == ipaddress.IPv4Address("10.200.200.1")
-    assert config.mgmt_interface == "tun1"
+    assert config.mgmt_interface == "tap1"
     assert len(config.broker_url) == 3
     assert all(url.startswith("amqps://vpnsrvA:") for url in config.broker_url)
     assert config.tls_cert_file is not None and config.tls_key_file is not None
