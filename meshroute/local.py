@@ -38,6 +38,12 @@ Every stamp comes from the agent's hybrid logical clock (:mod:`meshroute.hlc`): 
 hook's session is stamped above everything the agent has heard, and no stamp is
 ever further ahead than the wall clock plus ``max_clock_skew``.
 
+Subnets behind a client (``iroute``) are sessions of their own, keyed by the subnet,
+with the client's name and times: the same stamps and rules. When a hook says a
+client's session ended (client-disconnect names the client), the subnets of that
+session go with it at once, as its address does; ``learn-address delete`` (late)
+and the next poll would remove them too.
+
 Race guards: a poll's answer is as old as the moment it was fetched. It never
 removes a claim observed after that moment, and never re-adds a client that a hook
 reported gone after that moment.
@@ -49,7 +55,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from meshroute.model import ClaimRecord, RouteKey
+from meshroute.model import ClaimRecord, RouteKey, is_subnet
 from meshroute.state import ClaimTable
 
 log = logging.getLogger(__name__)
@@ -218,6 +224,18 @@ class LocalClaims:
             and connected_since != current.connected_since
         ):
             return []  # the end of an older session of this client
+        changes = self._remove(address, now)
+        if common_name is not None and not is_subnet(address):
+            for key, record in list(self.table.local.records.items()):
+                if (
+                    is_subnet(key)
+                    and record.common_name == common_name
+                    and record.connected_since <= current.connected_since
+                ):
+                    changes += self._remove(key, now)
+        return changes
+
+    def _remove(self, address: RouteKey, now: float) -> list[Change]:
         self._forget(address)
         self._removed_at[address] = now
         self.table.remove_local(address)

@@ -301,3 +301,19 @@ def test_status_lists_the_iroute_subnet_with_its_client_session():
     assert [(s, c.common_name, c.connected_since, ref) for s, c, ref in found] == [
         (SITE, "site1", 1699999000, 1699999900)
     ]
+
+
+# --- local claims --------------------------------------------------------------------------
+
+
+def test_a_router_disconnecting_takes_its_subnets_with_it_at_once():
+    from meshroute.local import LocalClaims
+
+    t = table()
+    local = LocalClaims(t, started_ms=0)
+    local.connected(HOST, "site1", 100, now=0.0, wall_ms=100_000)
+    local.connected(SITE, "site1", 100, now=0.0, wall_ms=100_000)
+    local.connected(WIDER, "other", 100, now=0.0, wall_ms=100_000)
+    changes = local.disconnected(HOST, "site1", now=1.0, connected_since=100)
+    assert sorted(map(str, (a for a, r in changes if r is None))) == ["10.100.0.5", str(SITE)]
+    assert set(t.local.records) == {WIDER}
