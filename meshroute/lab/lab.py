@@ -45,6 +45,7 @@ from meshroute.lab.files import (
 from meshroute.lab.openvpn_conf import choose_hook
 from meshroute.lab.pki import CertKey, Pki, make_pki
 from meshroute.lab.rabbitmq import ClusterSpec, RabbitNode, join_cluster
+from meshroute.lab.sites import agent_lines, build_sites
 from meshroute.lab.state import LabState, LabStore
 from meshroute.lab.topology import (
     AMQP_PORT,
@@ -96,7 +97,7 @@ class Lab:
 
     def plan(self, state: LabState | None = None) -> LabPlan:
         state = state or self.state()
-        return make_plan(state.prefix, state.servers, state.clients, state.brokers)
+        return make_plan(state.prefix, state.servers, state.clients, state.brokers, state.sites)
 
     def broker(self, plan: LabPlan) -> RabbitNode:
         """The first (or only) broker node."""
@@ -160,12 +161,16 @@ class Lab:
         timeout: float = 90.0,
         hooks: str = "auto",
         brokers: int = 1,
+        sites: int = 0,
     ) -> float:
         """Build and start everything; return the seconds it took to converge.
         ``hooks``: how OpenVPN hands events to the agents (plugin, script, auto);
         ``brokers``: RabbitMQ nodes (more than one: a cluster b1..bK)."""
         started = time.monotonic()
-        plan = make_plan(self.prefix, servers, clients, brokers)
+        try:
+            plan = make_plan(self.prefix, servers, clients, brokers, sites)
+        except ValueError as exc:
+            raise LabError(str(exc)) from None
         try:  # refuse a missing plugin before making anything
             choose_hook(hooks, self.paths.root)
         except ValueError as exc:
@@ -178,10 +183,11 @@ class Lab:
             )
         state = LabState(self.prefix, servers, clients, created=time.time(),
                          client_server={c.name: c.home for c in plan.clients},
-                         broker_port=AMQP_PORT, brokers=brokers)  # fmt: skip
+                         broker_port=AMQP_PORT, brokers=brokers, sites=sites)  # fmt: skip
         self.store.save(state)
         netns.create_namespaces(plan)
         netns.build_network(plan)
+        build_sites(plan)
         self._wire_more_brokers(plan)
         log.info("lab %s: network built in %.1fs", self.prefix, time.monotonic() - started)
         with ThreadPoolExecutor(max_workers=len(plan.brokers)) as pool:
@@ -271,7 +277,7 @@ class Lab:
             urls = [by_name[b.name].url_for(server.name, passwords[server.name])
                     for b in plan.broker_order(server)]  # fmt: skip
             write_agent(self.paths, server, ", ".join(urls), self.timings,
-                        metrics_listen=metrics_listen(server))  # fmt: skip
+                        metrics_listen=metrics_listen(server), extra=agent_lines(plan))  # fmt: skip
             self.start_agent(server.name)
 
     def wait_converged(self, timeout: float) -> list[str]:

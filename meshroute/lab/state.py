@@ -43,6 +43,8 @@ class LabState:
     brokers: int = 1
     """RabbitMQ nodes: 1 (``broker``) or a cluster ``b1..bK``."""
     created: float = 0.0
+    sites: int = 0
+    """Clients c1..cK are site routers with a host behind them (``lab up --sites``)."""
 
 
 class LabStore:

@@ -75,7 +75,9 @@ class RunningLab:
 
 
 @contextmanager
-def running_lab(tag: str, servers: int, clients: int, brokers: int = 1) -> Iterator[RunningLab]:
+def running_lab(
+    tag: str, servers: int, clients: int, brokers: int = 1, sites: int = 0
+) -> Iterator[RunningLab]:
     """``lab up`` through the CLI; ``lab down`` afterwards, also when anything failed."""
     prefix = unique_prefix(tag)
     lab = Lab(prefix)
@@ -83,7 +85,7 @@ def running_lab(tag: str, servers: int, clients: int, brokers: int = 1) -> Itera
     try:
         done = cli("lab", "up", "--prefix", prefix, "--servers", str(servers),
                    "--clients", str(clients), "--brokers", str(brokers),
-                   check=False)  # fmt: skip
+                   *(["--sites", str(sites)] if sites else []), check=False)  # fmt: skip
         running = RunningLab(prefix, lab, time.monotonic() - started)
         if done.returncode != 0:
             raise AssertionError(f"lab up failed:\n{done.stderr}\n{running.logs_tail()}")
