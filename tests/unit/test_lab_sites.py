@@ -48,7 +48,7 @@ def test_every_server_has_the_iroutes_and_the_aggregates(tmp_path: Path) -> None
     plain = make_plan("mr", 1, 1)
     write_server(paths, plain, plain.servers[0], _pki(tmp_path, plain), "pw")
     lines = paths.openvpn_conf("s1").read_text().splitlines()
-    assert not [line for line in lines if line.startswith(("route", 'push "route'))]
+    assert not [line for line in lines if line.startswith(("route ", "route-ipv6", 'push "route '))]
 
 
 def test_agents_route_the_sites_and_expect_their_routes(tmp_path: Path) -> None:
