@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network
 
 from meshroute.hlc import OffsetEstimate
-from meshroute.model import Address, ClaimRecord, RouteKey, is_subnet
+from meshroute.model import Address, ClaimRecord, RouteKey
+
+_NETWORKS = (IPv4Network, IPv6Network)  # a subnet claim's key
 
 
 def record_hash(record: ClaimRecord) -> int:
@@ -53,7 +56,7 @@ class ClaimSet:
         return old
 
     def _add(self, record: ClaimRecord, sign: int) -> None:
-        if is_subnet(record.address):
+        if isinstance(record.address, _NETWORKS):
             self._subnet_sum += sign * record_hash(record)
             self.subnets += sign
         else:

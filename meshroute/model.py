@@ -83,19 +83,19 @@ def route_key(prefix: Network) -> RouteKey:
 def address_key(address: RouteKey) -> tuple[int, ...]:
     """Sort key for mixed IPv4/IPv6 addresses and subnets (they do not compare with
     each other): a subnet sorts after the host address it starts with."""
-    if isinstance(address, ipaddress.IPv4Network | ipaddress.IPv6Network):
+    if isinstance(address, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
         return (address.version, int(address.network_address), address.prefixlen)
     return (address.version, int(address))
 
 
 def is_subnet(key: RouteKey) -> bool:
     """True for a subnet claim's key (a network), False for a host address."""
-    return isinstance(key, ipaddress.IPv4Network | ipaddress.IPv6Network)
+    return isinstance(key, (ipaddress.IPv4Network, ipaddress.IPv6Network))
 
 
 def route_prefix(key: RouteKey) -> Network:
     """The prefix of the route a key names: /32 or /128 for a host, else the subnet."""
-    if isinstance(key, ipaddress.IPv4Network | ipaddress.IPv6Network):
+    if isinstance(key, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
         return key
     return host_prefix(key)
 

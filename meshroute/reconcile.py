@@ -142,7 +142,7 @@ class RouteSync:
         """
         self.installed = {}
         for key, hop in kernel.items():
-            if isinstance(key, IPv4Network | IPv6Network):
+            if isinstance(key, (IPv4Network, IPv6Network)):
                 key = route_key(key)  # a /32 or /128 is named by its address
             self.installed[key] = hop
         self.full_resync_needed = False
