@@ -317,3 +317,37 @@ def test_a_router_disconnecting_takes_its_subnets_with_it_at_once():
     changes = local.disconnected(HOST, "site1", now=1.0, connected_since=100)
     assert sorted(map(str, (a for a, r in changes if r is None))) == ["10.100.0.5", str(SITE)]
     assert set(t.local.records) == {WIDER}
+
+
+# --- configuration and reload ---------------------------------------------------------------
+
+
+def test_routed_networks_config_default_overlap_warning_and_bad_value() -> None:
+    from meshroute.config import ConfigError, load_config
+
+    assert load_config(None, {}, {"client_networks": "10.100.0.0/16"}).config.routed_networks == ()
+    loaded = load_config(
+        None,
+        {"MESHROUTE_ROUTED_NETWORKS": "192.168.0.0/16, 10.0.0.0/8"},
+        {"client_networks": "10.100.0.0/16"},
+    )
+    assert loaded.config.routed_networks == (net("192.168.0.0/16"), net("10.0.0.0/8"))
+    assert any("routed_networks: 10.0.0.0/8 overlaps 10.100.0.0/16" in w for w in loaded.warnings)
+    with pytest.raises(ConfigError, match=r"routed_networks.*host bits set"):
+        load_config(None, {}, {"routed_networks": "192.168.1.1/24"})
+
+
+def test_a_reload_that_narrows_routed_networks_withdraws_our_own_subnet() -> None:
+    from meshroute.core import AgentCore, CoreSettings
+
+    settings = CoreSettings(name="me", client_networks=CLIENTS, routed_networks=ROUTED)
+    core = AgentCore(settings, epoch=1, wall_clock=lambda: 1_700_000_000_000)
+    core.on_connect(SITE, "site1", None, now=0.0, wall_ms=1_700_000_000_000)
+    assert SITE in core.table.local.records
+    narrowed = CoreSettings(name="me", client_networks=CLIENTS, routed_networks=(WIDER,))
+    core.reconfigure(narrowed, now=1.0)
+    assert SITE in core.table.local.records  # still inside 192.168.0.0/16
+    core.reconfigure(CoreSettings(name="me", client_networks=CLIENTS), now=2.0)
+    assert SITE not in core.table.local.records
+    deltas = [o.message for o in core.take_outbox() if isinstance(o.message, Delta)]
+    assert deltas[-1].address == SITE and deltas[-1].claim is None
