@@ -351,3 +351,13 @@ def test_a_reload_that_narrows_routed_networks_withdraws_our_own_subnet() -> Non
     assert SITE not in core.table.local.records
     deltas = [o.message for o in core.take_outbox() if isinstance(o.message, Delta)]
     assert deltas[-1].address == SITE and deltas[-1].claim is None
+
+
+def test_the_state_file_keeps_subnet_claims_across_a_restart(tmp_path) -> None:
+    """Restart without flaps: our own subnet claims keep their stamps, and one subnet
+    must not make the whole file unreadable (the host claims' stamps with it)."""
+    from meshroute.incarnation import load_claims, save_claims
+
+    records = [rec(HOST, "c1"), rec(SITE), rec(SITE6)]
+    save_claims(tmp_path, "s1", records)
+    assert load_claims(tmp_path, "s1") == records
