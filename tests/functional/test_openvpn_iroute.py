@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from meshroute.lab.openvpn_conf import HookCommand
+from meshroute.lab.openvpn_conf import HookCommand, PluginHook
 from meshroute.openvpn.events import HookEvent
 from meshroute.openvpn.hook_receiver import HookReceiver
 from meshroute.openvpn.mgmt import ManagementClient, MgmtEndpoint, read_password_file
@@ -28,6 +28,7 @@ from tests.functional.openvpn_fixtures import (
     netns_pair,
     write_openvpn_configs,
 )
+from tests.functional.plugin_fixtures import build_plugin
 
 pytestmark = pytest.mark.functional
 
@@ -35,14 +36,23 @@ SITE = ipaddress.ip_network("192.168.77.0/24")
 SITE6 = ipaddress.ip_network("fd77:1::/64")
 
 
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[tuple[Path, Processes, queue.Queue[HookEvent], str]]:
+@pytest.fixture(params=["script", "plugin"])
+def world(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[Path, Processes, queue.Queue[HookEvent], str]]:
+    """The server with the script hook or meshroute's C plugin (both must forward)."""
+    sock = tmp_path / "hook.sock"
+    hook = (
+        HookCommand.fast(sock)
+        if request.param == "script"
+        else PluginHook(build_plugin(tmp_path / "plugin"), sock)
+    )
     events: queue.Queue[HookEvent] = queue.Queue()
     procs = Processes()
     receiver = HookReceiver(tmp_path / "hook.sock", events.put)
     try:
         with netns_pair("mrt-irt") as ns:
-            mgmt = write_openvpn_configs(tmp_path, ns, HookCommand.fast(tmp_path / "hook.sock"))
+            mgmt = write_openvpn_configs(tmp_path, ns, hook)
             ccd = tmp_path / "ccd"
             ccd.mkdir()
             (ccd / "cli1").write_text(f"iroute {SITE.network_address} {SITE.netmask}\n"
