@@ -27,7 +27,6 @@ from meshroute.lab.topology import ClientPlan, LabPlan, ServerPlan
 
 SITES4 = ipaddress.IPv4Network("192.168.0.0/16")
 SITES6 = ipaddress.IPv6Network("fd00:50::/48")
-MAX_SITES = 200
 LAN_IF = "lan0"
 ROUTER_SYSCTLS = {"net.ipv4.ip_forward": "1", "net.ipv6.conf.all.forwarding": "1"}
 
@@ -76,11 +75,6 @@ def _site(prefix: str, client: ClientPlan) -> SitePlan:
         subnet=ipaddress.IPv4Network(f"192.168.{j}.0/24"),
         subnet6=ipaddress.IPv6Network(f"fd00:50:0:{j:x}::/64"),
     )
-
-
-def check_sites(sites: int, clients: int) -> None:
-    if not 0 <= sites <= min(clients, MAX_SITES):
-        raise ValueError(f"sites must be 0..{min(clients, MAX_SITES)} (at most --clients)")
 
 
 def build_sites(plan: LabPlan) -> None:
