@@ -40,7 +40,7 @@ from meshroute.clock import Clock
 from meshroute.core import AgentCore, CoreSettings
 from meshroute.dataplane.base import Dataplane
 from meshroute.local import CLIENT_CONNECT, LEARN_ADDRESS, Session
-from meshroute.model import Address, ClaimRecord
+from meshroute.model import Address, ClaimRecord, RouteKey
 from meshroute.openvpn.events import HookEvent
 from meshroute.reconcile import Plan, Reconciler, RouteSync
 from meshroute.telemetry import Histogram, LogBudget, PeerHistory
@@ -108,12 +108,12 @@ class AgentStats:
     hook_to_route_seconds: Histogram = field(default_factory=Histogram)
     peer_history: PeerHistory = field(default_factory=PeerHistory)
     hooks: HookStats | None = None  # the hook receiver's counters (set by the daemon)
-    hook_received_ms: dict[Address, int] = field(default_factory=dict)
+    hook_received_ms: dict[RouteKey, int] = field(default_factory=dict)
     route_log: LogBudget = field(
         default_factory=lambda: LogBudget(ROUTE_LOG_LINES, ROUTE_LOG_WINDOW)
     )
 
-    def note_hook(self, address: Address, received_ms: int | None) -> None:
+    def note_hook(self, address: RouteKey, received_ms: int | None) -> None:
         """Remember when a hook for ``address`` arrived (for hook_to_route_seconds)."""
         if received_ms is None:
             return
@@ -355,7 +355,7 @@ class Agent:
     def _handle_hook(self, event: HookEvent, now: float) -> None:
         self.stats.hook_events += 1
         wall = self.clock.wall_ms()
-        addresses = [a for a in (event.address, event.address6) if a is not None]
+        addresses = [a for a in (event.address, event.address6, event.subnet) if a is not None]
         for address in self._allowed(addresses, event.common_name):
             self.stats.note_hook(address, event.received_ms)
             if event.op in ("add", "update", "connect"):
@@ -383,13 +383,13 @@ class Agent:
         sessions = [s for s in polled.sessions if self._allowed([s.address], s.common_name)]
         self.core.on_poll(sessions, fetched_at=polled.fetched_at)
 
-    def _allowed(self, addresses: Iterable[Address], common_name: str | None) -> list[Address]:
-        ok = [a for a in addresses if self.core.table.allowed(a)]
+    def _allowed(self, addresses: Iterable[RouteKey], common_name: str | None) -> list[RouteKey]:
+        ok = [a for a in addresses if self.core.table.admits(a)]
         for address in set(addresses) - set(ok):
             self.stats.ignored_local += 1
             log.warning(
-                "client %s: address %s is outside client_networks; not announced",
-                common_name, address,
+                "client %s: %s is outside client_networks (a subnet: refused by "
+                "routed_networks, docs/subnets.md); not announced", common_name, address,
             )  # fmt: skip
         return ok
 
@@ -474,7 +474,7 @@ class Agent:
 
     def _log_routes(self, plan: Plan, took: float, now: float) -> None:
         """Each route change names address, client, owner and next hop (INFO, bounded)."""
-        changes: Iterable[tuple[Address, Address | None]] = itertools.chain(
+        changes: Iterable[tuple[RouteKey, Address | None]] = itertools.chain(
             plan.replace.items(), ((a, None) for a in plan.delete)
         )
         total = len(plan.replace) + len(plan.delete)
@@ -487,15 +487,13 @@ class Agent:
             else:
                 budget.suppressed += total - shown - 1  # allow() counted this one
                 break
-        for prefix in plan.strays:
-            log.info("route %s: deleted (owned by meshroute, not a host route we want)", prefix)
         left_out = budget.take_suppressed()
         summary = f"routes: {plan.summary()} ({took * 1e3:.1f} ms)"
         if left_out:
             summary += f"; {left_out} change(s) not listed (rate limit; every one at DEBUG)"
         log.info("%s", summary)
 
-    def _describe_route(self, address: Address, hop: Address | None) -> str:
+    def _describe_route(self, address: RouteKey, hop: Address | None) -> str:
         claim = self.core.table.winner(address)
         client = claim.record.common_name if claim else None
         if hop is not None:

@@ -1,7 +1,9 @@
 """Claim sets, and what one agent knows of one peer (pure).
 
-A :class:`ClaimSet` is address -> record with an order-independent digest kept up
-to date in O(1) per change, so a heartbeat can describe thousands of claims in 16
+A :class:`ClaimSet` is address -> record (a subnet claim keyed by its network) with
+order-independent digests kept up to date in O(1) per change: one of the host
+claims and one of the subnet claims, apart (the heartbeat carries both; an agent
+that predates subnets checks only the first), so a heartbeat can describe thousands of claims in 16
 hex digits and a receiver can compare its view without walking it. The agent's own
 claims are one; each :class:`PeerView` holds another.
 """
@@ -10,9 +12,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network
 
 from meshroute.hlc import OffsetEstimate
-from meshroute.model import Address, ClaimRecord
+from meshroute.model import Address, ClaimRecord, RouteKey
+
+_NETWORKS = (IPv4Network, IPv6Network)  # a subnet claim's key
 
 
 def record_hash(record: ClaimRecord) -> int:
@@ -22,40 +27,63 @@ def record_hash(record: ClaimRecord) -> int:
 
 
 class ClaimSet:
-    """address -> record, with an order-independent digest kept up to date in O(1).
+    """address -> record, with order-independent digests kept up to date in O(1).
 
-    The digest is the sum mod 2**64 of the records' 64-bit hashes (the heartbeat's
-    ``digest``, 16 hex digits): adding or removing one record is one addition.
+    A digest is the sum mod 2**64 of the records' 64-bit hashes (the heartbeat's
+    ``digest``, 16 hex digits): adding or removing one record is one addition. Host
+    and subnet claims are summed and counted apart (``digest``/``hosts``,
+    ``subnet_digest``/``subnets``).
     """
 
     def __init__(self) -> None:
-        self.records: dict[Address, ClaimRecord] = {}
+        self.records: dict[RouteKey, ClaimRecord] = {}
         self._sum = 0
+        self._subnet_sum = 0
+        self.subnets = 0
 
     def set(self, record: ClaimRecord) -> ClaimRecord | None:
         old = self.records.get(record.address)
         if old is not None:
-            self._sum -= record_hash(old)
+            self._add(old, -1)
         self.records[record.address] = record
-        self._sum += record_hash(record)
+        self._add(record, 1)
         return old
 
-    def remove(self, address: Address) -> ClaimRecord | None:
+    def remove(self, address: RouteKey) -> ClaimRecord | None:
         old = self.records.pop(address, None)
         if old is not None:
-            self._sum -= record_hash(old)
+            self._add(old, -1)
         return old
+
+    def _add(self, record: ClaimRecord, sign: int) -> None:
+        if isinstance(record.address, _NETWORKS):
+            self._subnet_sum += sign * record_hash(record)
+            self.subnets += sign
+        else:
+            self._sum += sign * record_hash(record)
 
     def __len__(self) -> int:
         return len(self.records)
 
     @property
+    def hosts(self) -> int:
+        return len(self.records) - self.subnets
+
+    @property
     def digest(self) -> str:
         return f"{self._sum % 2**64:016x}"
 
+    @property
+    def subnet_digest(self) -> str:
+        return f"{self._subnet_sum % 2**64:016x}"
+
     def digest_with(self, other: ClaimSet) -> str:
-        """The digest of the union of two disjoint sets (what the owner announces)."""
+        """The host digest of the union of two disjoint sets (what the owner announces)."""
         return f"{(self._sum + other._sum) % 2**64:016x}"
+
+    def subnet_digest_with(self, other: ClaimSet) -> str:
+        """The subnet digest of the union of two disjoint sets."""
+        return f"{(self._subnet_sum + other._subnet_sum) % 2**64:016x}"
 
 
 @dataclass
@@ -77,7 +105,7 @@ class PeerView:
     next_hop: Address | None = None
     next_hop6: Address | None = None
     claims: ClaimSet = field(default_factory=ClaimSet)
-    versions: dict[Address, int] = field(default_factory=dict)
+    versions: dict[RouteKey, int] = field(default_factory=dict)
     snapshot_seq: int = -1
     max_seq: int = -1
     synced: bool = False
@@ -88,5 +116,5 @@ class PeerView:
     hop_problem: str | None = None  # why an announced next hop was refused
     offset: OffsetEstimate = field(default_factory=OffsetEstimate)
 
-    def next_hop_for(self, address: Address) -> Address | None:
+    def next_hop_for(self, address: RouteKey) -> Address | None:
         return self.next_hop if address.version == 4 else self.next_hop6

@@ -10,6 +10,14 @@
   ``0 .. 2**63-1``; addresses are bare host addresses (no prefix, no scope).
 - Unknown top-level and claim fields are ignored (forward compatibility within v1);
   a higher ``v`` is refused. See docs/protocol.md.
+- Subnet claims (``iroute``) travel apart from host claims, so that an agent that
+  predates them can never read one as a host route: in a snapshot in the lists
+  ``subnets`` and ``subnet_echo`` (an older agent ignores unknown fields), in a
+  delta as ``address`` ``"ADDR/LEN"`` (an older agent refuses the whole delta:
+  not a bare host address), in a heartbeat as ``subnet_count``/``subnet_digest``
+  beside the host-only ``count``/``digest`` (all omitted when there are none, so
+  an agent without subnets sends exactly what it sent before). A subnet is
+  strict (no host bits), shorter than a host prefix, and never in a host list.
 - ``encode`` output is canonical: compact separators, UTF-8, fixed field set.
 """
 
@@ -31,8 +39,11 @@ from meshroute.model import (
     Header,
     Heartbeat,
     Message,
+    RouteKey,
     Snapshot,
     SyncRequest,
+    is_subnet,
+    route_key,
 )
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -81,24 +92,41 @@ def _opt_str(value: object | None) -> str | None:
     return None if value is None else str(value)
 
 
-_ENCODERS: dict[str, Callable[[Any], dict[str, Any]]] = {
-    "snapshot": lambda m: {
+def _snapshot_obj(m: Snapshot) -> dict[str, Any]:
+    obj: dict[str, Any] = {
         "next_hop": _opt_str(m.next_hop),
         "next_hop6": _opt_str(m.next_hop6),
-        "claims": [_claim_obj(c) for c in m.claims],
-        "echo": [_claim_obj(c) for c in m.echo],
-    },
-    "delta": lambda m: {
-        "address": str(m.address),
-        "claim": None if m.claim is None else _claim_obj(m.claim),
-    },
-    "heartbeat": lambda m: {
+        "claims": [_claim_obj(c) for c in m.claims if not is_subnet(c.address)],
+        "echo": [_claim_obj(c) for c in m.echo if not is_subnet(c.address)],
+    }
+    for name, records in (("subnets", m.claims), ("subnet_echo", m.echo)):
+        subnets = [_claim_obj(c) for c in records if is_subnet(c.address)]
+        if subnets:
+            obj[name] = subnets
+    return obj
+
+
+def _heartbeat_obj(m: Heartbeat) -> dict[str, Any]:
+    obj: dict[str, Any] = {
         "next_hop": _opt_str(m.next_hop),
         "next_hop6": _opt_str(m.next_hop6),
         "state_seq": m.state_seq,
         "count": m.count,
         "digest": m.digest,
+    }
+    if m.subnet_count:
+        obj["subnet_count"] = m.subnet_count
+        obj["subnet_digest"] = m.subnet_digest
+    return obj
+
+
+_ENCODERS: dict[str, Callable[[Any], dict[str, Any]]] = {
+    "snapshot": _snapshot_obj,
+    "delta": lambda m: {
+        "address": str(m.address),
+        "claim": None if m.claim is None else _claim_obj(m.claim),
     },
+    "heartbeat": _heartbeat_obj,
     "sync-request": lambda m: {"target": m.target},
     "goodbye": lambda m: {},
 }
@@ -122,7 +150,7 @@ def decode(body: bytes, *, user_id: str | None, max_claims: int = MAX_CLAIMS) ->
     if parse is None:
         raise CodecError(f"field 'type': unknown message type {msg_type!r}")
     limit = min(max_claims, MAX_CLAIMS)
-    for name in ("claims", "echo"):
+    for name in ("claims", "echo", "subnets", "subnet_echo"):
         items = obj.get(name)
         if isinstance(items, list) and len(items) > limit:
             raise CodecError(f"field {name!r}: {len(items)} claims exceed the limit {limit}")
@@ -238,6 +266,26 @@ def _opt_address(obj: Mapping[str, Any], name: str, *, nullable: bool = True) ->
         raise CodecError(f"field {name!r}: {text[:80]!r} is not an IP address") from None
 
 
+def _subnet(obj: Mapping[str, Any], name: str) -> RouteKey:
+    """A subnet ``ADDR/LEN``: strict (no host bits), shorter than a host prefix."""
+    text = _field(obj, name, str)
+    if "%" in text or text != text.strip() or "/" not in text:
+        raise CodecError(f"field {name!r}: {text[:80]!r} is not a subnet ADDR/LEN")
+    try:
+        network = ipaddress.ip_network(text, strict=True)
+    except ValueError:
+        raise CodecError(f"field {name!r}: {text[:80]!r} is not a subnet ADDR/LEN") from None
+    if network.prefixlen == network.max_prefixlen:
+        raise CodecError(f"field {name!r}: {text[:80]!r} is a host, not a subnet")
+    return route_key(network)
+
+
+def _destination(obj: Mapping[str, Any], name: str) -> RouteKey:
+    """A bare host address, or a subnet when the text has a prefix length."""
+    text = _field(obj, name, str)
+    return _subnet(obj, name) if "/" in text else _address(obj, name)
+
+
 def _next_hops(obj: Mapping[str, Any]) -> dict[str, Any]:
     hop4 = _opt_address(obj, "next_hop")
     hop6 = _opt_address(obj, "next_hop6")
@@ -248,7 +296,7 @@ def _next_hops(obj: Mapping[str, Any]) -> dict[str, Any]:
     return {"next_hop": hop4, "next_hop6": hop6}
 
 
-def _claim(value: Any, where: str) -> ClaimRecord:
+def _claim(value: Any, where: str, *, subnet: bool = False) -> ClaimRecord:
     if not isinstance(value, dict):
         raise CodecError(f"{where}: expected an object, got {type(value).__name__}")
     try:
@@ -259,7 +307,7 @@ def _claim(value: Any, where: str) -> ClaimRecord:
                 "or contains control characters"
             )
         return ClaimRecord(
-            address=_address(value, "address"),
+            address=_subnet(value, "address") if subnet else _address(value, "address"),
             common_name=cn,
             connected_since=_int(value, "since"),
             stamp=_int(value, "stamp"),
@@ -271,15 +319,19 @@ def _claim(value: Any, where: str) -> ClaimRecord:
 def _snapshot(obj: Mapping[str, Any], header: Header) -> Snapshot:
     claims = _claim_list(obj, "claims")
     echo = _claim_list(obj, "echo") if "echo" in obj else ()
+    claims += _claim_list(obj, "subnets", subnet=True) if "subnets" in obj else ()
+    echo += _claim_list(obj, "subnet_echo", subnet=True) if "subnet_echo" in obj else ()
     return Snapshot(header=header, claims=claims, echo=echo, **_next_hops(obj))
 
 
-def _claim_list(obj: Mapping[str, Any], name: str) -> tuple[ClaimRecord, ...]:
+def _claim_list(
+    obj: Mapping[str, Any], name: str, *, subnet: bool = False
+) -> tuple[ClaimRecord, ...]:
     items = _field(obj, name, list)
     if len(items) > MAX_CLAIMS:
         raise CodecError(f"field {name!r}: {len(items)} claims exceed the limit {MAX_CLAIMS}")
-    claims = tuple(_claim(item, f"{name}[{i}]") for i, item in enumerate(items))
-    seen: set[Address] = set()
+    claims = tuple(_claim(item, f"{name}[{i}]", subnet=subnet) for i, item in enumerate(items))
+    seen: set[RouteKey] = set()
     for i, claim in enumerate(claims):
         if claim.address in seen:
             raise CodecError(f"{name}[{i}]: duplicate address {claim.address}")
@@ -288,9 +340,9 @@ def _claim_list(obj: Mapping[str, Any], name: str) -> tuple[ClaimRecord, ...]:
 
 
 def _delta(obj: Mapping[str, Any], header: Header) -> Delta:
-    address = _address(obj, "address")
+    address = _destination(obj, "address")
     raw = _field(obj, "claim", dict, nullable=True)
-    claim = None if raw is None else _claim(raw, "claim")
+    claim = None if raw is None else _claim(raw, "claim", subnet=is_subnet(address))
     if claim is not None and claim.address != address:
         raise CodecError(f"claim: address {claim.address} differs from field 'address' {address}")
     return Delta(header=header, address=address, claim=claim)
@@ -300,11 +352,18 @@ def _heartbeat(obj: Mapping[str, Any], header: Header) -> Heartbeat:
     digest = _field(obj, "digest", str)
     if not DIGEST.fullmatch(digest):
         raise CodecError(f"field 'digest': {digest[:80]!r} is not 16 lowercase hex digits")
+    subnet_digest = _field(obj, "subnet_digest", str) if "subnet_digest" in obj else "0" * 16
+    if not DIGEST.fullmatch(subnet_digest):
+        raise CodecError(
+            f"field 'subnet_digest': {subnet_digest[:80]!r} is not 16 lowercase hex digits"
+        )
     return Heartbeat(
         header=header,
         state_seq=_int(obj, "state_seq"),
         count=_int(obj, "count"),
         digest=digest,
+        subnet_count=_opt_int(obj, "subnet_count") or 0,
+        subnet_digest=subnet_digest,
         **_next_hops(obj),
     )
 

@@ -142,6 +142,14 @@ class Config:
             "the networks of {data_interface}'s addresses, at start",
         ),
     )
+    routed_networks: tuple[Network, ...] = field(
+        default=(),
+        metadata=_meta(
+            NETWORKS,
+            "Allow-list for subnets behind clients (OpenVPN iroute): only subnets inside "
+            "these networks are announced and installed; empty: none (docs/subnets.md).",
+        ),
+    )
     backbone_networks: tuple[Network, ...] = field(
         default=(),
         metadata=_meta(
@@ -385,6 +393,13 @@ def _advise(config: Config, where, source: str | None, warnings: list[str]) -> N
         for key, hop in hops:
             if hop is not None and hop.version == network.version and hop in network:
                 warnings.append(f"{where[key]}: {key}: {hop} is inside client network {network}")
+    for network in config.routed_networks:
+        for other in (*config.client_networks, *config.backbone_networks):
+            if network.version == other.version and network.overlaps(other):
+                warnings.append(
+                    f"{where['routed_networks']}: routed_networks: {network} overlaps {other}: "
+                    "no subnet overlapping it will be accepted"
+                )
     if config.next_hop is None and config.mgmt_interface is None:
         warnings.append(
             f"{here}: next_hop: neither next_hop nor mgmt_interface is set: "

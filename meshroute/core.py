@@ -61,6 +61,7 @@ from meshroute.model import (
     Heartbeat,
     Message,
     Network,
+    RouteKey,
     Snapshot,
     SyncRequest,
     address_key,
@@ -85,6 +86,7 @@ class CoreSettings:
     announce_interval: float = 5.0
     sync_timeout: float = 3.0
     client_networks: tuple[Network, ...] = ()
+    routed_networks: tuple[Network, ...] = ()  # subnets behind clients (empty: none)
     max_claims_per_peer: int = 65536
     next_hop: Address | None = None
     next_hop6: Address | None = None
@@ -133,6 +135,7 @@ class AgentCore:
             clock=self.clock,
             backbone_networks=settings.backbone_networks,
             reserved_hops=settings.own_hops + settings.reserved_hops,
+            routed_networks=settings.routed_networks,
         )
         self.local = LocalClaims(self.table, started_ms=epoch)
         self.heard_self_at: float | None = None  # our own latest message came back
@@ -169,15 +172,21 @@ class AgentCore:
         self.table.freeze("not connected to the broker yet")
 
     def reconfigure(self, settings: CoreSettings, now: float) -> None:
-        """New timers, client networks and cap (name and next hops need a restart).
+        """New timers, client and routed networks and cap (name and next hops need a
+        restart).
 
         Peers' claims are judged again under the new networks and cap; our own
-        claims now outside the client networks are withdrawn.
+        claims now outside the client (or routed) networks are withdrawn.
         """
         self.settings = settings
         self.table.hold_time = settings.hold_time
-        self.table.set_policy(settings.client_networks, settings.max_claims_per_peer, now)
-        outside = [a for a in self.table.local.records if not self.table.allowed(a)]
+        self.table.set_policy(
+            settings.client_networks,
+            settings.max_claims_per_peer,
+            now,
+            routed_networks=settings.routed_networks,
+        )
+        outside = [a for a in self.table.local.records if not self.table.admits(a)]
         for address in outside:
             self._publish(self.local.disconnected(address, None, now=now))
 
@@ -245,7 +254,7 @@ class AgentCore:
             return f"our own messages have not come back through the broker for {now - since:.1f}s"
         return None
 
-    def keeps_route(self, now: float) -> Callable[[Address, Address], bool]:
+    def keeps_route(self, now: float) -> Callable[[RouteKey, Address], bool]:
         """Which routes (address, next hop) must not be deleted now, though unwanted.
 
         During the start-up sync window, every one. After it, those toward a peer
@@ -294,7 +303,7 @@ class AgentCore:
 
     def on_connect(
         self,
-        address: Address,
+        address: RouteKey,
         common_name: str,
         connected_since: int | None,
         *,
@@ -309,7 +318,7 @@ class AgentCore:
 
     def on_disconnect(
         self,
-        address: Address,
+        address: RouteKey,
         common_name: str | None,
         *,
         now: float,
@@ -413,8 +422,10 @@ class AgentCore:
                 s.next_hop,  # type: ignore[arg-type]
                 s.next_hop6,  # type: ignore[arg-type]
                 state_seq=max(self._state_seq, 0),
-                count=len(local),
+                count=local.hosts,
                 digest=local.digest,
+                subnet_count=local.subnets,
+                subnet_digest=local.subnet_digest,
             )
         )
 

@@ -65,7 +65,7 @@ EXIT_NOPERM = 77  # EX_NOPERM: retrying cannot help
 EXIT_CONFIG = 78  # EX_CONFIG: retrying cannot help
 
 RELOADABLE = ("log_level", "log_format", "announce_interval", "hold_time",
-              "status_poll_interval", "resync_interval", "client_networks",
+              "status_poll_interval", "resync_interval", "client_networks", "routed_networks",
               "max_claims_per_peer", "clock_offset_warning")  # fmt: skip
 
 
@@ -137,6 +137,7 @@ def core_settings(config: Config, resolved: Resolved) -> CoreSettings:
         announce_interval=config.announce_interval,
         sync_timeout=config.sync_timeout,
         client_networks=resolved.client_networks,
+        routed_networks=config.routed_networks,
         max_claims_per_peer=config.max_claims_per_peer,
         next_hop=resolved.next_hop,
         next_hop6=resolved.next_hop6,
@@ -176,7 +177,7 @@ def status_source(config: Config, timings=None):
         MgmtError,
         read_password_file,
     )
-    from meshroute.openvpn.status import parse_status
+    from meshroute.openvpn.status import parse_status, routed_subnets
 
     where = config.mgmt_endpoint()
     endpoint = (
@@ -209,6 +210,8 @@ def status_source(config: Config, timings=None):
                 if address is not None:
                     last_ref = report.last_ref.get(str(address))
                     sessions.append(Session(address, s.common_name, s.connected_since, last_ref))
+        for subnet, s, last_ref in routed_subnets(report):  # iroute: docs/subnets.md
+            sessions.append(Session(subnet, s.common_name, s.connected_since, last_ref))
         return sessions
 
     return fetch
@@ -401,6 +404,7 @@ def _reloader(agent: Agent, current: Config, config_path: str | None, log_level:
                 hold_time=new.hold_time,
                 announce_interval=new.announce_interval,
                 client_networks=resolved.client_networks,
+                routed_networks=new.routed_networks,
                 max_claims_per_peer=new.max_claims_per_peer,
             ),
             loop_settings(new),

@@ -15,14 +15,13 @@ agent logs why and falls back to the wall clock: it still runs, with the old lim
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from meshroute.model import ClaimRecord
+from meshroute.model import ClaimRecord, parse_destination
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +96,7 @@ def load_claims(state_dir: Path | None, name: str) -> list[ClaimRecord]:
     try:
         rows = json.loads(path.read_text())
         return [
-            ClaimRecord(ipaddress.ip_address(a), str(cn), int(since), int(stamp))
+            ClaimRecord(parse_destination(a), str(cn), int(since), int(stamp))
             for a, cn, since, stamp in rows
         ]
     except FileNotFoundError:

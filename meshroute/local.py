@@ -38,6 +38,12 @@ Every stamp comes from the agent's hybrid logical clock (:mod:`meshroute.hlc`): 
 hook's session is stamped above everything the agent has heard, and no stamp is
 ever further ahead than the wall clock plus ``max_clock_skew``.
 
+Subnets behind a client (``iroute``) are sessions of their own, keyed by the subnet,
+with the client's name and times: the same stamps and rules. When a hook says a
+client's session ended (client-disconnect names the client), the subnets of that
+session go with it at once, as its address does; ``learn-address delete`` (late)
+and the next poll would remove them too.
+
 Race guards: a poll's answer is as old as the moment it was fetched. It never
 removes a claim observed after that moment, and never re-adds a client that a hook
 reported gone after that moment.
@@ -49,7 +55,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from meshroute.model import Address, ClaimRecord
+from meshroute.model import ClaimRecord, RouteKey, is_subnet
 from meshroute.state import ClaimTable
 
 log = logging.getLogger(__name__)
@@ -57,14 +63,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Session:
-    """One client session as the local OpenVPN server reports it.
+    """One client session as the local OpenVPN server reports it, or a subnet behind
+    it (``iroute``: ``address`` is then the subnet, with the client's name and times).
 
     ``last_ref`` is OpenVPN's ``Last Ref (time_t)`` for the address: when the server
     last received a packet from the client, on the server's own clock (None when
     the status does not give it).
     """
 
-    address: Address
+    address: RouteKey
     common_name: str
     connected_since: int
     last_ref: int | None = None
@@ -76,7 +83,7 @@ class _Entry:
     since_estimated: bool  # connected_since guessed (learn-address has none)
 
 
-Change = tuple[Address, ClaimRecord | None]
+Change = tuple[RouteKey, ClaimRecord | None]
 
 CLIENT_CONNECT = "client-connect"
 LEARN_ADDRESS = "learn-address"
@@ -98,17 +105,17 @@ class LocalClaims:
     def __init__(self, table: ClaimTable, started_ms: int = 0) -> None:
         self.table = table
         self.started_s = started_ms // 1000
-        self._entries: dict[Address, _Entry] = {}
-        self._removed_at: dict[Address, float] = {}
+        self._entries: dict[RouteKey, _Entry] = {}
+        self._removed_at: dict[RouteKey, float] = {}
         self._polled = False
         # address -> our wall clock (ms) when a peer's claim first beat our session
-        self._contested_at: dict[Address, int] = {}
+        self._contested_at: dict[RouteKey, int] = {}
         # Sessions known to have started since this agent started (a hook said so, or
         # a poll found one newer than the start): live local facts, which may delete
         # a route toward a peer at once. Sessions found again after a restart, or
         # held provisionally from echoes, may be stale: they wait like anything else.
-        self.fresh: set[Address] = set()
-        self._reasserted_at: dict[Address, float] = {}
+        self.fresh: set[RouteKey] = set()
+        self._reasserted_at: dict[RouteKey, float] = {}
 
     def provisional(self, echo: Iterable[ClaimRecord]) -> None:
         """Before our first poll: hold the claims our peers echo back as ours.
@@ -123,12 +130,12 @@ class LocalClaims:
             return
         for record in echo:
             current = self.table.local.records.get(record.address)
-            if self.table.allowed(record.address) and (
+            if self.table.admits(record.address) and (
                 current is None or current.stamp < record.stamp
             ):
                 self.table.set_local(record)
 
-    def contest(self, address: Address, wall_ms: int) -> bool:
+    def contest(self, address: RouteKey, wall_ms: int) -> bool:
         """A peer's claim for ``address`` changed while we hold a session for it.
 
         Records when our session first lost (True if it just did: a status poll
@@ -148,7 +155,7 @@ class LocalClaims:
 
     def connected(
         self,
-        address: Address,
+        address: RouteKey,
         common_name: str,
         connected_since: int | None,
         *,
@@ -193,7 +200,7 @@ class LocalClaims:
 
     def disconnected(
         self,
-        address: Address,
+        address: RouteKey,
         common_name: str | None,
         *,
         now: float,
@@ -217,12 +224,24 @@ class LocalClaims:
             and connected_since != current.connected_since
         ):
             return []  # the end of an older session of this client
+        changes = self._remove(address, now)
+        if common_name is not None and not is_subnet(address):
+            for key, record in list(self.table.local.records.items()):
+                if (
+                    is_subnet(key)
+                    and record.common_name == common_name
+                    and record.connected_since <= current.connected_since
+                ):
+                    changes += self._remove(key, now)
+        return changes
+
+    def _remove(self, address: RouteKey, now: float) -> list[Change]:
         self._forget(address)
         self._removed_at[address] = now
         self.table.remove_local(address)
         return [(address, None)]
 
-    def _forget(self, address: Address) -> None:
+    def _forget(self, address: RouteKey) -> None:
         self._entries.pop(address, None)
         self._contested_at.pop(address, None)
         self.fresh.discard(address)
@@ -230,7 +249,7 @@ class LocalClaims:
     def poll(self, sessions: Iterable[Session], *, fetched_at: float) -> list[Change]:
         """Reconcile with a full status list fetched at monotonic time ``fetched_at``."""
         changes: list[Change] = []
-        seen: set[Address] = set()
+        seen: set[RouteKey] = set()
         for session in sessions:
             seen.add(session.address)
             changes += self._poll_one(session, fetched_at)
@@ -307,7 +326,7 @@ class LocalClaims:
             )  # fmt: skip
         return self._set(replace(current, stamp=stamp))
 
-    def _older_than(self, address: Address, since: int) -> int:
+    def _older_than(self, address: RouteKey, since: int) -> int:
         """The highest stamp of claims for ``address`` from sessions older than ``since``.
 
         A session found by a poll beats only sessions that started in an earlier

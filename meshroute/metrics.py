@@ -15,6 +15,7 @@ Invariants:
 
 from __future__ import annotations
 
+import ipaddress
 import threading
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -147,8 +148,13 @@ def take_snapshot(agent: Agent) -> Snapshot:
         if peer.offset.offset_ms is not None:
             snap.peer_offsets[name] = peer.offset.offset_ms / 1000
         for address in peer.refused.records:
-            if not table.allowed(address):
-                reason = "outside_client_networks"
+            problem = None
+            if isinstance(address, ipaddress.IPv4Network | ipaddress.IPv6Network):
+                problem = table.subnet_problem(address)
+            elif not table.allowed(address):
+                problem = "outside_client_networks"
+            if problem is not None:
+                reason = problem
             else:
                 reason = "per_peer_cap" if peer.over_cap else "stamp_ahead"
             key = (name, reason)

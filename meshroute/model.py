@@ -8,13 +8,18 @@ the DESIGN.md memory target, and an instance ``__dict__`` would cost ~300 bytes 
 
 Inside the core a host route is named by its client address (the claim's own
 address object); :func:`host_prefix` makes the /32 or /128 prefix only where the
-dataplane needs one.
+dataplane needs one. A subnet behind a client (OpenVPN ``iroute``) is named by its
+network, always shorter than a host prefix: a claim's ``address`` is a
+:data:`RouteKey`, an ``Address`` for a host and a ``Network`` for a subnet, never
+a /32 or /128 network (:func:`parse_destination` makes that so), so host claims
+keep their compact form and one key names one route everywhere.
 
 Vocabulary (one word for one thing, in code, docs, CLI and metrics):
 
 - **agent**: one meshroute daemon, next to one OpenVPN server; named by ``name``.
 - **claim**: "client address A is connected to agent O" with the common name, the
-  session's ``connected_since`` and an order ``stamp``.
+  session's ``connected_since`` and an order ``stamp``; or "subnet S is behind
+  client CN, connected to agent O" (a **subnet claim**, same fields).
 - **stamp**: the integer that orders competing claims for one address. The claim with
   the highest ``(stamp, owner)`` wins on every agent, because every agent compares the
   same two fields carried by the claims themselves (never local arrival order).
@@ -63,9 +68,10 @@ def host_address(prefix: Network) -> Address | None:
 
 
 RouteKey: TypeAlias = Address | Network
-"""How an owned route is named between the dataplane and the core: a host route
-(/32, /128) by its address, any other prefix by itself. The kernel dump yields
-these keys directly, so a resync of 100,000 host routes builds no prefix objects."""
+"""How a route (and the claims for it) is named between the dataplane and the core:
+a host route (/32, /128) by its address, any other prefix (a subnet) by itself.
+The kernel dump yields these keys directly, so a resync of 100,000 host routes
+builds no prefix objects."""
 
 
 def route_key(prefix: Network) -> RouteKey:
@@ -74,21 +80,54 @@ def route_key(prefix: Network) -> RouteKey:
     return prefix if address is None else address
 
 
-def address_key(address: Address) -> tuple[int, int]:
-    """Sort key for mixed IPv4/IPv6 addresses (they do not compare with each other)."""
+def address_key(address: RouteKey) -> tuple[int, ...]:
+    """Sort key for mixed IPv4/IPv6 addresses and subnets (they do not compare with
+    each other): a subnet sorts after the host address it starts with."""
+    if isinstance(address, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+        return (address.version, int(address.network_address), address.prefixlen)
     return (address.version, int(address))
+
+
+def is_subnet(key: RouteKey) -> bool:
+    """True for a subnet claim's key (a network), False for a host address."""
+    return isinstance(key, (ipaddress.IPv4Network, ipaddress.IPv6Network))
+
+
+def route_prefix(key: RouteKey) -> Network:
+    """The prefix of the route a key names: /32 or /128 for a host, else the subnet."""
+    if isinstance(key, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+        return key
+    return host_prefix(key)
+
+
+def parse_destination(text: str) -> RouteKey:
+    """A host address, or a subnet ``ADDR/LEN`` with no host bits set (strict).
+
+    A full-length prefix (/32, /128) is the host address itself, so that one route
+    has one key. Raises ValueError naming the text.
+    """
+    text = text.strip()
+    if "/" not in text:
+        return parse_address(text)
+    try:
+        network = ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        raise ValueError(f"not a subnet: {text!r} ({exc})") from None
+    return route_key(network)
 
 
 @dataclass(frozen=True, slots=True)
 class ClaimRecord:
-    """One client session as its owner reports it on the bus.
+    """One client session (or a subnet behind it) as its owner reports it on the bus.
 
-    ``connected_since`` is the OpenVPN server's own ``Connected Since (time_t)`` (s).
+    ``address`` is the client's address, or the subnet for a subnet claim (see the
+    module docstring). ``connected_since`` is the OpenVPN server's own
+    ``Connected Since (time_t)`` (s).
     ``stamp`` orders competing sessions for the same address (hybrid logical clock
     in ms: see :mod:`meshroute.state`).
     """
 
-    address: Address
+    address: RouteKey
     common_name: str
     connected_since: int
     stamp: int
@@ -107,7 +146,7 @@ class Claim:
     record: ClaimRecord
 
     @property
-    def address(self) -> Address:
+    def address(self) -> RouteKey:
         return self.record.address
 
 
@@ -159,10 +198,11 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class Delta:
-    """One address changed at the origin: ``claim`` is the new record, None = gone."""
+    """One address (or subnet) changed at the origin: ``claim`` is the new record,
+    None = gone."""
 
     header: Header
-    address: Address
+    address: RouteKey
     claim: ClaimRecord | None
     type: str = field(default="delta", init=False)
 
@@ -172,7 +212,10 @@ class Heartbeat:
     """Periodic liveness and a digest of the origin's claims (small: N^2 deliveries).
 
     ``state_seq`` is the seq of the origin's last snapshot/delta; ``count`` and
-    ``digest`` describe its claim set so a receiver can detect a loss and ask.
+    ``digest`` describe its host claims, ``subnet_count`` and ``subnet_digest`` its
+    subnet claims (apart, so that an agent that predates subnets, which ignores
+    them, still finds its view of the host claims complete: docs/protocol.md), so a
+    receiver can detect a loss and ask.
     """
 
     header: Header
@@ -181,6 +224,8 @@ class Heartbeat:
     state_seq: int
     count: int
     digest: str
+    subnet_count: int = 0
+    subnet_digest: str = "0" * 16
     type: str = field(default="heartbeat", init=False)
 
 

@@ -10,14 +10,16 @@ costs a small plan. The mirror is only trusted between full resyncs: a failed
 route (after a short delay) or the resync timer makes the next plan a full one
 from a fresh kernel dump.
 
-Host routes are named by their client address here (``address -> next hop``, the
-claims' own address objects, as :meth:`~meshroute.state.ClaimTable.desired_hops`
-gives them): hashing an address is cheaper than hashing a prefix, and an
-``IPv4Network`` costs ~500 bytes where the mirror of 100,000 routes must stay small.
-Prefixes exist only at the dataplane's edge: :meth:`RouteSync.plan_full` reads a
-dump keyed by prefix, and :meth:`Plan.routes` / :meth:`Plan.deletes` make the
-prefixes of the changes only. An owned route that is not a host route (never ours;
-added by hand with our protocol) is a *stray*: kept apart and always deleted.
+Routes are named by their :data:`~meshroute.model.RouteKey` here (``key -> next
+hop``, the claims' own objects, as :meth:`~meshroute.state.ClaimTable.desired_hops`
+gives them): a host route by its client address, a subnet route by its network.
+Hashing an address is cheaper than hashing a prefix, and an ``IPv4Network`` costs
+~500 bytes where the mirror of 100,000 host routes must stay small. Host prefixes
+exist only at the dataplane's edge: the dump is keyed the same way, and
+:meth:`Plan.routes` / :meth:`Plan.deletes` make the prefixes of the changes only.
+An owned route nobody wants (a subnet whose claim is gone, or one added by hand
+with our protocol) is deleted like any other, under the same ``allow_delete`` and
+``keep`` rules.
 
 ``allow_delete=False`` (a starting agent that has not heard its peers yet) plans
 adds and changes only: an adopted route that is not yet explained stays in place
@@ -35,7 +37,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
 from typing import TYPE_CHECKING
 
-from meshroute.model import Address, Network, Route, RouteKey, host_address, host_prefix
+from meshroute.model import Address, Network, Route, RouteKey, route_key, route_prefix
 
 if TYPE_CHECKING:
     from meshroute.core import AgentCore
@@ -43,42 +45,40 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """Host routes to replace (address -> next hop) and to delete; strays to delete.
+    """Routes to replace (key -> next hop) and to delete, named by their keys.
 
     ``replace`` is a dict (never changed once planned) rather than a tuple of pairs:
     a first plan holds every route, and 100,000 pairs would cost 5 MiB more.
     """
 
-    replace: Mapping[Address, Address] = field(default_factory=dict)
-    delete: tuple[Address, ...] = ()
-    strays: tuple[Network, ...] = ()
+    replace: Mapping[RouteKey, Address] = field(default_factory=dict)
+    delete: tuple[RouteKey, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.replace or self.delete or self.strays)
+        return bool(self.replace or self.delete)
 
     def summary(self) -> str:
-        deletes = len(self.delete) + len(self.strays)
-        return f"{len(self.replace)} to add or change, {deletes} to delete"
+        return f"{len(self.replace)} to add or change, {len(self.delete)} to delete"
 
     def routes(self) -> list[Route]:
         """The replaces as the dataplane takes them (prefixes made here, for changes only)."""
-        return [Route(host_prefix(address), hop) for address, hop in self.replace.items()]
+        return [Route(route_prefix(key), hop) for key, hop in self.replace.items()]
 
     def deletes(self) -> list[Network]:
         """The deletes as the dataplane takes them."""
-        return [host_prefix(address) for address in self.delete] + list(self.strays)
+        return [route_prefix(key) for key in self.delete]
 
 
-Keep = Callable[[Address, Address], bool]  # (address, next hop) -> must not be deleted now
+Keep = Callable[[RouteKey, Address], bool]  # (key, next hop) -> must not be deleted now
 
 
-def _keep_nothing(address: Address, hop: Address) -> bool:
+def _keep_nothing(address: RouteKey, hop: Address) -> bool:
     return False
 
 
 def diff(
-    desired: Mapping[Address, Address],
-    actual: Mapping[Address, Address],
+    desired: Mapping[RouteKey, Address],
+    actual: Mapping[RouteKey, Address],
     *,
     allow_delete: bool = True,
     keep: Keep = _keep_nothing,
@@ -96,16 +96,16 @@ def diff(
 
 
 def diff_some(
-    addresses: Iterable[Address],
-    desired: Mapping[Address, Address],
-    actual: Mapping[Address, Address],
+    addresses: Iterable[RouteKey],
+    desired: Mapping[RouteKey, Address],
+    actual: Mapping[RouteKey, Address],
     *,
     allow_delete: bool = True,
     keep: Keep = _keep_nothing,
 ) -> Plan:
     """Like :func:`diff`, restricted to ``addresses`` (``desired`` may hold only those)."""
-    replace: dict[Address, Address] = {}
-    delete: list[Address] = []
+    replace: dict[RouteKey, Address] = {}
+    delete: list[RouteKey] = []
     for address in addresses:
         want, have = desired.get(address), actual.get(address)
         if want is not None and want != have:
@@ -119,19 +119,17 @@ def diff_some(
 class RouteSync:
     """A mirror of the owned routes in the kernel, and whether it can be trusted.
 
-    ``installed`` holds the owned host routes (address -> next hop); ``strays`` the
-    owned routes that are not host routes (prefix -> next hop), which no plan keeps.
+    ``installed`` holds the owned routes (key -> next hop): host and subnet routes.
     """
 
     def __init__(self) -> None:
-        self.installed: dict[Address, Address] = {}
-        self.strays: dict[Network, Address] = {}
+        self.installed: dict[RouteKey, Address] = {}
         self.full_resync_needed = True
 
     def plan_full(
         self,
         kernel: Mapping[RouteKey, Address],
-        desired: Mapping[Address, Address],
+        desired: Mapping[RouteKey, Address],
         *,
         allow_delete: bool = True,
         keep: Keep = _keep_nothing,
@@ -139,27 +137,21 @@ class RouteSync:
         """Plan from a fresh dump of the kernel; the mirror becomes that dump.
 
         ``kernel`` is keyed as :meth:`meshroute.dataplane.base.Dataplane.dump` keys it:
-        a host route by its address, anything else (a stray) by its prefix.
+        a host route by its address, anything else by its prefix (the same keys as
+        the claims').
         """
-        self.installed, self.strays = {}, {}
+        self.installed = {}
         for key, hop in kernel.items():
-            if isinstance(key, IPv4Network | IPv6Network):
-                address = host_address(key)
-                if address is None:
-                    self.strays[key] = hop
-                    continue
-                key = address
+            if isinstance(key, (IPv4Network, IPv6Network)):
+                key = route_key(key)  # a /32 or /128 is named by its address
             self.installed[key] = hop
         self.full_resync_needed = False
-        plan = diff(desired, self.installed, allow_delete=allow_delete, keep=keep)
-        if not allow_delete or not self.strays:
-            return plan
-        return Plan(plan.replace, plan.delete, tuple(self.strays))
+        return diff(desired, self.installed, allow_delete=allow_delete, keep=keep)
 
     def plan_some(
         self,
-        addresses: Iterable[Address],
-        desired: Mapping[Address, Address],
+        addresses: Iterable[RouteKey],
+        desired: Mapping[RouteKey, Address],
         *,
         allow_delete: bool = True,
         keep: Keep = _keep_nothing,
@@ -173,18 +165,15 @@ class RouteSync:
         full resync after failures (with a delay, so that a next hop that stays
         unreachable does not cost a kernel dump every tick).
         """
-        failed_hosts = {host_address(prefix) for prefix in failed}
-        for address, hop in plan.replace.items():
-            if address in failed_hosts:
-                self.installed.pop(address, None)
+        failed_keys = {route_key(prefix) for prefix in failed}
+        for key, hop in plan.replace.items():
+            if key in failed_keys:
+                self.installed.pop(key, None)
             else:
-                self.installed[address] = hop
-        for address in plan.delete:
-            if address not in failed_hosts:
-                self.installed.pop(address, None)
-        for prefix in plan.strays:
-            if prefix not in failed:
-                self.strays.pop(prefix, None)
+                self.installed[key] = hop
+        for key in plan.delete:
+            if key not in failed_keys:
+                self.installed.pop(key, None)
 
 
 class Reconciler:

@@ -26,6 +26,13 @@ Invariants:
   messages have come back through the broker after its deadline (``heard_until``):
   an agent cut off from the broker, even silently (no FIN, no RST), cannot tell a
   dead peer from its own deafness, so it expires nobody (DESIGN rule 6).
+- **Subnets.** A subnet claim (OpenVPN ``iroute``, keyed by its network) follows
+  exactly the rules of a host claim: same winner rule, versions, liveness and
+  freeze. It is admitted only within the bounds of :mod:`meshroute.subnets`
+  (inside ``routed_networks``, which is empty by default: no subnet at all), and
+  a subnet route that would cover a next hop is never wanted, whenever that hop
+  was announced. Subnets of different lengths are different keys: both routes are
+  wanted and the kernel picks the longest match.
 - **Trust nothing.** Claims outside ``client_networks``, past the per-peer cap, or
   stamped further ahead than the clock bound (:mod:`meshroute.hlc`) are refused and
   counted by reason; they never take part in winners or routes (they are kept apart,
@@ -48,9 +55,10 @@ import logging
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from typing import TypeAlias
 
+from meshroute import subnets
 from meshroute.claims import ClaimSet, PeerView
 from meshroute.hlc import HybridClock
 from meshroute.model import (
@@ -63,10 +71,11 @@ from meshroute.model import (
     Heartbeat,
     Message,
     Network,
+    RouteKey,
     Snapshot,
     SyncRequest,
     address_key,
-    host_prefix,
+    route_prefix,
 )
 
 log = logging.getLogger(__name__)
@@ -131,10 +140,12 @@ class ClaimTable:
         clock: HybridClock | None = None,
         backbone_networks: Iterable[Network] = (),
         reserved_hops: Iterable[Address] = (),
+        routed_networks: Iterable[Network] = (),
     ) -> None:
         self.self_name = self_name
         self.hold_time = hold_time
         self.client_networks = tuple(client_networks)
+        self.routed_networks = tuple(routed_networks)
         self.max_claims_per_peer = max_claims_per_peer
         # Without a clock of the agent's (table-level tests): a purely logical one
         # (wall 0) with no bounds. The agent core always passes its own.
@@ -148,15 +159,16 @@ class ClaimTable:
         self.departed: dict[str, tuple[int, float]] = {}
         # name -> (why, when) for peers that went away (shown as down, not forgotten).
         self.gone: dict[str, tuple[str, float]] = {}
-        self.contested: set[Address] = set()  # our local claims a peer's claim touched
+        self.contested: set[RouteKey] = set()  # our local claims a peer's claim touched
         self.frozen = False
         self.counters = Counters()
-        self.echoed: dict[Address, ClaimRecord] = {}  # our own claims, as peers hold them
+        self.echoed: dict[RouteKey, ClaimRecord] = {}  # our own claims, as peers hold them
         # Claims of peers that left (goodbye, expiry), kept only to echo them back if
         # the peer starts again: never used for routes. Forgotten after a while.
         self._remembered: dict[str, tuple[float, tuple[ClaimRecord, ...]]] = {}
-        self._by_address: dict[Address, Holders] = {}
-        self._dirty: set[Address] = set()
+        self._by_address: dict[RouteKey, Holders] = {}
+        self._subnets: set[Network] = set()  # the subnet keys of _by_address (a few)
+        self._dirty: set[RouteKey] = set()
         self._refusal_log: dict[tuple[str, str], tuple[float, int]] = {}
         self.hops_seen: set[Address] = set()  # every next hop announced since we started
         self.overdue = False  # a peer's hold time ran out but we could not hear since
@@ -171,7 +183,7 @@ class ClaimTable:
         self._index(self.self_name, record.address, record)
         return True
 
-    def remove_local(self, address: Address) -> bool:
+    def remove_local(self, address: RouteKey) -> bool:
         if self.local.remove(address) is None:
             return False
         self._index(self.self_name, address, None)
@@ -314,13 +326,19 @@ class ClaimTable:
     def _view_differs(peer: PeerView, beat: Heartbeat) -> bool:
         if beat.state_seq > peer.max_seq:
             return True  # a snapshot or delta never reached us
-        if beat.count != len(peer.claims) + len(peer.refused):
+        claims, refused = peer.claims, peer.refused
+        if beat.count != claims.hosts + refused.hosts:
+            return True
+        if beat.subnet_count != claims.subnets + refused.subnets:
             return True
         if peer.refused_overflow or peer.over_cap:
             # Quarantined: we did not keep everything it sent, so no digest can match
             # and asking again would only bring the same flood.
             return False
-        return beat.digest != peer.claims.digest_with(peer.refused)
+        return (beat.digest, beat.subnet_digest) != (
+            claims.digest_with(refused),
+            claims.subnet_digest_with(refused),
+        )
 
     # --- next hops --------------------------------------------------------------
 
@@ -397,8 +415,14 @@ class ClaimTable:
             self._refused(peer.name, reason, f"claim for {address} ({record.common_name})", now)
 
     def _claim_problem(self, peer: PeerView, record: ClaimRecord) -> str | None:
-        if not self.allowed(record.address):
-            return OUTSIDE_NETWORKS
+        address = record.address
+        if isinstance(address, (IPv4Address, IPv6Address)):
+            if not self.allowed(address):
+                return OUTSIDE_NETWORKS
+        else:
+            problem = self.subnet_problem(address)
+            if problem is not None:
+                return problem
         clock = self.clock
         if not (clock.plausible(record.stamp) and clock.plausible(record.connected_since * 1000)):
             return STAMP_AHEAD
@@ -422,15 +446,37 @@ class ClaimTable:
     def allowed(self, address: Address) -> bool:
         return any(address in net for net in self.client_networks)
 
+    def subnet_problem(self, subnet: Network) -> str | None:
+        """Why a subnet may not be routed here (:mod:`meshroute.subnets`), or None."""
+        return subnets.subnet_problem(
+            subnet,
+            routed=self.routed_networks,
+            clients=self.client_networks,
+            backbone=self.backbone_networks,
+            hops=self.next_hops() | self.reserved_hops,
+        )
+
+    def admits(self, address: RouteKey) -> bool:
+        """True if a claim for ``address`` (a host or a subnet) passes the network rules."""
+        if isinstance(address, (IPv4Address, IPv6Address)):
+            return self.allowed(address)
+        return self.subnet_problem(address) is None
+
     def set_policy(
-        self, client_networks: Iterable[Network], max_claims_per_peer: int, now: float
+        self,
+        client_networks: Iterable[Network],
+        max_claims_per_peer: int,
+        now: float,
+        routed_networks: Iterable[Network] | None = None,
     ) -> None:
-        """New client networks or cap (SIGHUP): re-judge every peer's claims.
+        """New client or routed networks or cap (SIGHUP): re-judge every peer's claims.
 
         Claims now outside are withdrawn (kept as refused); refused ones now inside
         are admitted, so that widening the networks needs no peer to resend.
         """
         self.client_networks = tuple(client_networks)
+        if routed_networks is not None:
+            self.routed_networks = tuple(routed_networks)
         self.max_claims_per_peer = max_claims_per_peer
         for peer in list(self.peers.values()):
             records = list(peer.claims.records.values()) + list(peer.refused.records.values())
@@ -489,17 +535,19 @@ class ClaimTable:
 
     # --- winners and routes -----------------------------------------------------
 
-    def _peer_set(self, peer: PeerView, address: Address, record: ClaimRecord | None) -> None:
+    def _peer_set(self, peer: PeerView, address: RouteKey, record: ClaimRecord | None) -> None:
         old = peer.claims.set(record) if record is not None else peer.claims.remove(address)
         if old != record:
             self._index(peer.name, address, record)
 
-    def _records_of(self, owner: str) -> dict[Address, ClaimRecord]:
+    def _records_of(self, owner: str) -> dict[RouteKey, ClaimRecord]:
         return self.local.records if owner == self.self_name else self.peers[owner].claims.records
 
-    def _index(self, owner: str, address: Address, record: ClaimRecord | None) -> None:
+    def _index(self, owner: str, address: RouteKey, record: ClaimRecord | None) -> None:
         """Keep ``_by_address`` in line after ``owner``'s own ClaimSet has changed."""
         holders = self._by_address.get(address)
+        if holders is None and not isinstance(address, (IPv4Address, IPv6Address)):
+            self._subnets.add(address)
         if record is None:
             self._unindex(owner, address, holders)
         elif holders is None or holders == owner:
@@ -515,16 +563,18 @@ class ClaimTable:
                 self.contested.add(address)
         self._dirty.add(address)
 
-    def _unindex(self, owner: str, address: Address, holders: Holders | None) -> None:
+    def _unindex(self, owner: str, address: RouteKey, holders: Holders | None) -> None:
         if isinstance(holders, str):
             if holders == owner:
                 del self._by_address[address]
+                if not isinstance(address, (IPv4Address, IPv6Address)):
+                    self._subnets.discard(address)
         elif holders is not None:
             holders.pop(owner, None)
             if len(holders) == 1:  # one holder left: back to the compact form
                 (self._by_address[address],) = holders
 
-    def winner(self, address: Address) -> Claim | None:
+    def winner(self, address: RouteKey) -> Claim | None:
         holders = self._by_address.get(address)
         if holders is None:
             return None
@@ -533,17 +583,21 @@ class ClaimTable:
         owner, record = max(holders.items(), key=_order_key)
         return Claim(owner=owner, record=record)
 
-    def claims_for(self, address: Address) -> Mapping[str, ClaimRecord]:
+    def claims_for(self, address: RouteKey) -> Mapping[str, ClaimRecord]:
         """owner -> record of every claim for ``address`` (read only)."""
         holders = self._by_address.get(address)
         if isinstance(holders, str):
             return {holders: self._records_of(holders)[address]}
         return holders if holders is not None else {}
 
-    def addresses(self) -> Iterable[Address]:
+    def addresses(self) -> Iterable[RouteKey]:
         return self._by_address.keys()
 
-    def max_stamp(self, address: Address) -> int:
+    def subnets(self) -> Iterable[Network]:
+        """Every subnet someone claims (admitted claims only)."""
+        return self._subnets
+
+    def max_stamp(self, address: RouteKey) -> int:
         return max((r.stamp for r in self.claims_for(address).values()), default=-1)
 
     def next_hops(self) -> set[Address]:
@@ -554,52 +608,59 @@ class ClaimTable:
         hops.discard(None)
         return hops  # type: ignore[return-value]
 
-    def desired_hops(self, own_next_hops: Iterable[Address] = ()) -> dict[Address, Address]:
-        """Every host route this agent wants, named by its address: address -> next hop.
+    def desired_hops(self, own_next_hops: Iterable[Address] = ()) -> dict[RouteKey, Address]:
+        """Every route this agent wants, named by its key: address (or subnet) -> next hop.
 
         The keys are the claims' own address objects (no copies, no prefixes).
         """
         return self._desired(self._by_address.items(), own_next_hops)
 
     def desired_hops_for(
-        self, addresses: Iterable[Address], own_next_hops: Iterable[Address] = ()
-    ) -> dict[Address, Address]:
+        self, addresses: Iterable[RouteKey], own_next_hops: Iterable[Address] = ()
+    ) -> dict[RouteKey, Address]:
         """Like :meth:`desired_hops`, for ``addresses`` only (the dirty ones)."""
         index = self._by_address
         present = ((a, h) for a in addresses if (h := index.get(a)) is not None)
         return self._desired(present, own_next_hops)
 
     def desired_routes(self, own_next_hops: Iterable[Address] = ()) -> dict[Network, Address]:
-        """Every host route this agent wants: prefix -> next hop (full recompute)."""
+        """Every route this agent wants: prefix -> next hop (full recompute)."""
         return _as_prefixes(self.desired_hops(own_next_hops))
 
     def desired_for(
-        self, addresses: Iterable[Address], own_next_hops: Iterable[Address] = ()
+        self, addresses: Iterable[RouteKey], own_next_hops: Iterable[Address] = ()
     ) -> dict[Network, Address]:
         return _as_prefixes(self.desired_hops_for(addresses, own_next_hops))
 
     def _desired(
-        self, entries: Iterable[tuple[Address, Holders]], own_next_hops: Iterable[Address]
-    ) -> dict[Address, Address]:
+        self, entries: Iterable[tuple[RouteKey, Holders]], own_next_hops: Iterable[Address]
+    ) -> dict[RouteKey, Address]:
         """The winner's next hop per address: none for our own claims, none for a
         peer without a next hop of the address's family. One pass, no objects made
         per address: this is a full resync's main cost (DESIGN.md budget)."""
         hops = {name: _hops_by_family(peer) for name, peer in self.peers.items()}
-        routes: dict[Address, Address] = {}
+        routes: dict[RouteKey, Address] = {}
         for address, holders in entries:
             owner = holders if isinstance(holders, str) else max(holders.items(), key=_order_key)[0]
             pair = hops.get(owner)  # None: our own claim (we are not among the peers)
             if pair is not None:
-                hop = pair[0] if isinstance(address, IPv4Address) else pair[1]
+                # Two checks, not one with a tuple: the common case (IPv4 host) stays as fast.
+                v4 = isinstance(address, IPv4Address) or isinstance(address, IPv4Network)  # noqa: SIM101
+                hop = pair[0] if v4 else pair[1]
                 if hop is not None:
                     routes[address] = hop
         # Never a route to a next hop (ours or a peer's). They are a handful, so they
         # are taken out afterwards rather than looked up once per route.
-        for forbidden in self.next_hops().union(own_next_hops):
-            routes.pop(forbidden, None)
+        forbidden = self.next_hops().union(own_next_hops, self.reserved_hops)
+        for hop in forbidden:
+            routes.pop(hop, None)
+        # A subnet admitted before a next hop inside it was announced: never routed.
+        for subnet in [s for s in self._subnets if s in routes]:
+            if subnets.covers_any(subnet, forbidden):
+                del routes[subnet]
         return routes
 
-    def take_dirty(self) -> set[Address]:
+    def take_dirty(self) -> set[RouteKey]:
         """Addresses whose claims changed since the last call."""
         dirty, self._dirty = self._dirty, set()
         return dirty
@@ -612,6 +673,7 @@ _REASON_TEXT = {
     EPOCH_AHEAD: "epoch further ahead than max_clock_skew allows (message dropped)",
     CLOCK_AHEAD: "clock further ahead than max_clock_skew allows (not merged)",
     BAD_NEXT_HOP: "no route goes toward it",
+    **subnets.REASON_TEXT,
 }
 
 
@@ -633,5 +695,5 @@ def _hops_by_family(peer: PeerView) -> tuple[Address | None, Address | None]:
     )
 
 
-def _as_prefixes(hops: Mapping[Address, Address]) -> dict[Network, Address]:
-    return {host_prefix(address): hop for address, hop in hops.items()}
+def _as_prefixes(hops: Mapping[RouteKey, Address]) -> dict[Network, Address]:
+    return {route_prefix(address): hop for address, hop in hops.items()}

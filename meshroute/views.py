@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from meshroute.model import Address, ClaimRecord, address_key
+from meshroute.model import ClaimRecord, RouteKey, address_key
 
 if TYPE_CHECKING:
     from meshroute.agent import Agent
@@ -49,7 +49,7 @@ def table_view(agent: Agent) -> dict[str, Any]:
     return {"schema": SCHEMA, "agent": core.name, "epoch": core.epoch, "claims": rows}
 
 
-def _contest(address: Address, winner: str, claims: Mapping[str, ClaimRecord]) -> dict[str, Any]:
+def _contest(address: RouteKey, winner: str, claims: Mapping[str, ClaimRecord]) -> dict[str, Any]:
     """Every claimant (the winner first, then by stamp) and why the winner won."""
     ordered = sorted(claims.items(), key=lambda kv: (kv[0] != winner, -kv[1].stamp, kv[0]))
     detail = [
@@ -160,7 +160,7 @@ def health_view(agent: Agent) -> dict[str, Any]:
         "local_clients_known": core.local_known,
         "local_claims": len(table.local),
         "peers": len(table.peers),
-        "routes_installed": len(agent.sync.installed) + len(agent.sync.strays),
+        "routes_installed": len(agent.sync.installed),
         "last_poll_age": age(stats.last_poll_at),
         "last_poll_error": stats.last_poll_error,
         "last_apply_age": age(stats.last_apply_at),

@@ -42,10 +42,30 @@ from meshroute.bus.memory import MemoryBroker, MemoryBus, RandomFaults
 from meshroute.core import AgentCore, CoreSettings
 from meshroute.dataplane.fake import FakeDataplane
 from meshroute.local import CLIENT_CONNECT, LEARN_ADDRESS, Session
-from meshroute.model import Address, ClaimRecord, Message, Network, host_address
+from meshroute.model import (
+    Address,
+    ClaimRecord,
+    Message,
+    Network,
+    RouteKey,
+    is_subnet,
+    route_key,
+    route_prefix,
+)
 from meshroute.reconcile import Reconciler
 
 CLIENT_NETS = (ipaddress.ip_network("10.100.0.0/16"), ipaddress.ip_network("fd10::/64"))
+# Subnets behind clients (iroute) are routed only inside these (docs/subnets.md).
+ROUTED_NETS = (ipaddress.ip_network("192.168.0.0/16"), ipaddress.ip_network("fd50::/16"))
+
+
+def routable(key: RouteKey) -> bool:
+    """Whether a claim for ``key`` may ever become a route (the truth's trust rule)."""
+    if is_subnet(key):
+        return any(key.version == n.version and key.subnet_of(n) for n in ROUTED_NETS)  # type: ignore[union-attr,arg-type]
+    return any(key in net for net in CLIENT_NETS)
+
+
 TRUE_WALL_START_MS = 1_700_000_000_000
 
 
@@ -193,7 +213,7 @@ def reconcile(agent: SimAgent, now: float, resync_interval: float) -> None:
     reconciler.record(plan, result.failed)
     if table.frozen or agent.cut_off:
         for prefix in agent.kernel.applied_deletes[before:]:
-            winner = table.winner(host_address(prefix))  # type: ignore[arg-type]
+            winner = table.winner(route_key(prefix))
             if winner is not None and winner.owner == agent.name:
                 continue  # its own client now (a hook while cut off)
             owner = agent.hop_owners.get(hops[prefix])
@@ -263,6 +283,7 @@ class World:
             announce_interval=s.announce_interval,
             sync_timeout=s.sync_timeout,
             client_networks=CLIENT_NETS,
+            routed_networks=ROUTED_NETS,
             next_hop=hop4,
             next_hop6=hop6,
         )
@@ -337,7 +358,7 @@ class World:
         self.live[address] = server
         self._next_traffic[address] = self.true.now + self.rng.uniform(0.1, 1.0)
         agent = self.agents[server]
-        if agent is None:
+        if agent is None or not agent.core.table.admits(address):  # as the agent filters
             return
         now, wall = clock.monotonic(), clock.wall_ms()
         # OpenVPN runs client-connect, then learn-address add, for one session.
@@ -377,6 +398,7 @@ class World:
         return [
             Session(a, s.common_name, s.since, last_ref=s.last_ref)
             for a, s in self.sessions[server].items()
+            if routable(a)  # the agent announces nothing its own policy refuses
         ]
 
     def _traffic(self) -> None:
@@ -478,6 +500,8 @@ class World:
         candidates: dict[Address, list[tuple[float, str]]] = {}
         for server in self.running():
             for address, session in self.sessions[server].items():
+                if not routable(address):
+                    continue  # never a route, whoever claims it
                 candidates.setdefault(address, []).append((session.started, server))
         for address, found in candidates.items():
             latest, server = max(found)
@@ -498,9 +522,9 @@ class World:
         owners = self.expected_owners()
         for name in self.running():
             routes = self.routes(name)
-            for address in set(owners) | {host_address(p) for p in routes}:
+            for address in set(owners) | {route_key(p) for p in routes}:
                 allowed = owners.get(address, set())
-                prefix = ipaddress.ip_network(address)
+                prefix = route_prefix(address)
                 have = routes.get(prefix)
                 ok_hops = {self._hop(s, address) for s in allowed if s != name}
                 if (have is None and (name in allowed or not allowed)) or have in ok_hops:

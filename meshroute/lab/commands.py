@@ -61,6 +61,8 @@ def lab() -> None:
 @click.option("--clients", default=6, show_default=True, type=click.IntRange(0, MAX_CLIENTS))
 @click.option("--brokers", default=1, show_default=True, type=click.IntRange(1, MAX_BROKERS),
               help="RabbitMQ nodes; more than 1 makes a cluster b1..bK.")  # fmt: skip
+@click.option("--sites", default=0, show_default=True, type=click.IntRange(0, MAX_CLIENTS),
+              help="Clients c1..cK route a LAN with a host hK behind them (iroute).")  # fmt: skip
 @click.option("--timeout", default=90.0, show_default=True, help="Seconds to wait for it all.")
 @click.option("--hooks", type=click.Choice(["auto", "plugin", "script"]), default="auto",
               show_default=True,
@@ -72,15 +74,17 @@ def lab() -> None:
               help="The management net: a Linux bridge, an OpenVPN tap hub on s1 (any "
                    "number of servers), the article's tun server on s1 (two servers), or "
                    "a full mesh of point-to-point tunnels (see docs/backbone.md).")  # fmt: skip
-def up(prefix: str, servers: int, clients: int, brokers: int, timeout: float, hooks: str,
-       backbone: str) -> None:  # fmt: skip
+def up(prefix: str, servers: int, clients: int, brokers: int, sites: int, timeout: float,
+       hooks: str, backbone: str) -> None:  # fmt: skip
     """Build the lab and return once every agent has converged."""
     from meshroute.lab.status import lab_status, render_where
 
     the_lab = _lab(prefix)
     logging.getLogger("meshroute.lab.lab").setLevel(logging.INFO)  # progress on stderr
     try:
-        took = the_lab.up(servers, clients, timeout, hooks, brokers=brokers, backbone=backbone)
+        took = the_lab.up(
+            servers, clients, timeout, hooks, brokers=brokers, sites=sites, backbone=backbone
+        )
     except Exception as exc:  # whatever failed, say where the logs are and how to clean up
         click.echo(f"error: lab up failed: {exc}", err=True)
         if the_lab.paths.root.exists():

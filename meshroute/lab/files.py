@@ -18,9 +18,11 @@ Secrets (management password, broker URLs with passwords) are mode 0600.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from meshroute.lab import sites
 from meshroute.lab import topology as topo
 from meshroute.lab.openvpn_conf import (
     ClientConf,
@@ -100,7 +102,7 @@ def write_server(
     ccd = paths.ccd(server.name)
     ccd.mkdir(parents=True, exist_ok=True)
     for client in plan.clients:
-        (ccd / client.name).write_text(_ccd_text(client, server))
+        (ccd / client.name).write_text(_ccd_text(client, server) + sites.ccd_lines(plan, client))
     conf = ServerConf(
         name=server.name,
         dev=topo.TUN,
@@ -119,7 +121,11 @@ def write_server(
         status_file=paths.node(server.name) / "status.txt",
         # tmp-dir: client-connect's temp files stay inside the lab directory, which
         # `down` removes, even if OpenVPN is killed in the middle of a connect.
-        extra=(f"client-config-dir {ccd}", f"tmp-dir {paths.node(server.name)}"),
+        extra=(
+            f"client-config-dir {ccd}",
+            f"tmp-dir {paths.node(server.name)}",
+            *sites.server_lines(plan, server),
+        ),
     )
     paths.openvpn_conf(server.name).write_text(render_server_config(conf))
 
@@ -172,6 +178,7 @@ def write_agent(
     timings: AgentTimings,
     metrics_listen: str | None = None,
     mgmt_interface: str | None = topo.BACKBONE_IF,
+    extra: Mapping[str, str] | None = None,
 ) -> Path:
     """The agent's config. Without ``mgmt_interface`` (a backbone with no single
     interface: the point-to-point mesh) it is given the backbone networks instead."""
@@ -200,6 +207,7 @@ def write_agent(
     }
     if metrics_listen is not None:
         lines["metrics_listen"] = metrics_listen
+    lines.update(extra or {})
     text = f"# meshroute lab agent {server.name}\n" + "".join(
         f"{key} = {value}\n" for key, value in lines.items()
     )

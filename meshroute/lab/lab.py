@@ -46,6 +46,7 @@ from meshroute.lab.files import (
 from meshroute.lab.openvpn_conf import choose_hook
 from meshroute.lab.pki import CertKey, Pki, make_pki
 from meshroute.lab.rabbitmq import ClusterSpec, RabbitNode, join_cluster
+from meshroute.lab.sites import agent_lines, build_sites
 from meshroute.lab.state import LabState, LabStore
 from meshroute.lab.topology import (
     AMQP_PORT,
@@ -97,7 +98,7 @@ class Lab:
 
     def plan(self, state: LabState | None = None) -> LabPlan:
         state = state or self.state()
-        return make_plan(state.prefix, state.servers, state.clients, state.brokers)
+        return make_plan(state.prefix, state.servers, state.clients, state.brokers, state.sites)
 
     def broker(self, plan: LabPlan) -> RabbitNode:
         """The first (or only) broker node."""
@@ -162,6 +163,7 @@ class Lab:
         hooks: str = "auto",
         brokers: int = 1,
         backbone: str = "bridge",
+        sites: int = 0,
     ) -> float:
         """Build and start everything; return the seconds it took to converge.
         ``hooks``: how OpenVPN hands events to the agents (plugin, script, auto);
@@ -169,7 +171,10 @@ class Lab:
         ``backbone``: the management net (bridge, openvpn, openvpn-tun, openvpn-p2p;
         see :mod:`meshroute.lab.backbone`)."""
         started = time.monotonic()
-        plan = make_plan(self.prefix, servers, clients, brokers)
+        try:
+            plan = make_plan(self.prefix, servers, clients, brokers, sites)
+        except ValueError as exc:
+            raise LabError(str(exc)) from None
         try:  # refuse a missing plugin or an unknown backbone before making anything
             choose_hook(hooks, self.paths.root)
             backbones.check_form(backbone)
@@ -183,11 +188,12 @@ class Lab:
             )
         state = LabState(self.prefix, servers, clients, created=time.time(),
                          client_server={c.name: c.home for c in plan.clients},
-                         broker_port=AMQP_PORT, brokers=brokers,
+                         broker_port=AMQP_PORT, brokers=brokers, sites=sites,
                          backbone=backbone)  # fmt: skip
         self.store.save(state)
         netns.create_namespaces(plan)
         netns.build_network(plan, backbone_bridge=backbone == "bridge")
+        build_sites(plan)
         if backbone == "bridge":
             self._wire_more_brokers(plan)
         else:
@@ -285,7 +291,8 @@ class Lab:
             urls = [by_name[b.name].url_for(server.name, passwords[server.name])
                     for b in plan.broker_order(server)]  # fmt: skip
             write_agent(self.paths, server, ", ".join(urls), self.timings,
-                        metrics_listen=metrics_listen(server), mgmt_interface=ifname)  # fmt: skip
+                        metrics_listen=metrics_listen(server), mgmt_interface=ifname,
+                        extra=agent_lines(plan))  # fmt: skip
             self.start_agent(server.name)
 
     def wait_converged(self, timeout: float) -> list[str]:

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from meshroute.control import ControlError, request
+from meshroute.lab import sites
 from meshroute.lab.state import LabState
-from meshroute.lab.topology import LabPlan
+from meshroute.lab.topology import ClientPlan, LabPlan
 
 ROUTE_PROTOCOL = 201
 Route = tuple[
@@ -61,6 +62,8 @@ def expected_routes(plan: LabPlan, client_server: Mapping[str, str]) -> dict[str
     connected elsewhere; none for its own clients (OpenVPN's subnet route serves them).
     """
     wanted: dict[str, set[Route]] = {s.name: set() for s in plan.servers}
+    for name, routes in sites.expected_site_routes(plan, client_server).items():
+        wanted[name] |= routes
     for client in plan.clients:
         owner = plan.server(client_server[client.name])
         for server in plan.servers:
@@ -117,6 +120,7 @@ def convergence_problems(
                     )
                 elif owner != server.name and not row["installed"]:
                     problems.append(f"{server.name}: {client.name} {address}: route not installed")
+        problems += sites.site_problems(plan, server.name, rows, state.client_server)
     return problems
 
 
@@ -152,12 +156,13 @@ def ping_once(netns: str, address: str, timeout_s: int = 1) -> tuple[bool, float
 
 
 def ping_matrix(plan: LabPlan, families: Iterable[int] = (4, 6), workers: int = 24) -> list[Ping]:
-    """Every client pings every other client's VPN address (in parallel)."""
+    """Every client and site host pings every other one's address (in parallel)."""
+    nodes: list[ClientPlan | sites.SitePlan] = [*plan.clients, *sites.site_plans(plan)]
     jobs = [
         (src, dst, family, str(dst.address if family == 4 else dst.address6))
         for family in families
-        for src in plan.clients
-        for dst in plan.clients
+        for src in nodes
+        for dst in nodes
         if src.name != dst.name
     ]
 
@@ -172,7 +177,7 @@ def ping_matrix(plan: LabPlan, families: Iterable[int] = (4, 6), workers: int = 
 
 def render_matrix(plan: LabPlan, results: list[Ping]) -> str:
     """One grid per family: rows are sources, columns targets; ok '.', failure 'X'."""
-    names = [c.name for c in plan.clients]
+    names = [c.name for c in plan.clients] + [s.name for s in sites.site_plans(plan)]
     width = max([len(n) for n in names] + [3])
     by_pair = {(p.source, p.target, p.family): p.ok for p in results}
     lines = []

@@ -45,6 +45,8 @@ class LabState:
     created: float = 0.0
     backbone: str = "bridge"
     """The management net: bridge, openvpn (tap hub) or openvpn-tun (see backbone.py)."""
+    sites: int = 0
+    """Clients c1..cK are site routers with a host behind them (``lab up --sites``)."""
 
 
 class LabStore:

@@ -40,7 +40,7 @@ MANAGEMENT_PORT = 15672
 MAX_CLIENTS = POOL_OFFSET - STICKY_OFFSET - 1
 OPENVPN_PORT = 1194
 AMQP_PORT = 5672
-NODE_RE = r"net|broker|[bsc][1-9][0-9]*"
+NODE_RE = r"net|broker|[bsch][1-9][0-9]*"  # h: a site's host (meshroute.lab.sites)
 PREFIX_RE = re.compile(r"[a-z][a-z0-9]{0,15}")
 TUN, UNDERLAY_IF, BACKBONE_IF = "tun0", "inet0", "bb0"
 BRIDGE_UNDERLAY, BRIDGE_BACKBONE = "br-inet", "br-bb"
@@ -93,6 +93,7 @@ class LabPlan:
     servers: tuple[ServerPlan, ...]
     clients: tuple[ClientPlan, ...]
     brokers: tuple[BrokerPlan, ...] = ()
+    sites: int = 0  # clients c1..cK are site routers (meshroute.lab.sites)
 
     @property
     def net_ns(self) -> str:
@@ -130,6 +131,7 @@ class LabPlan:
     def namespaces(self) -> tuple[str, ...]:
         """Every namespace, the bridge namespace first (it is made first)."""
         nodes = [s.netns for s in self.servers] + [c.netns for c in self.clients]
+        nodes += [f"{self.prefix}-h{c.index}" for c in self.clients[: self.sites]]
         return (self.net_ns, *(b.netns for b in self.brokers), *nodes)
 
     def server(self, name: str) -> ServerPlan:
@@ -176,7 +178,7 @@ def make_brokers(prefix: str, brokers: int) -> tuple[BrokerPlan, ...]:
     )
 
 
-def make_plan(prefix: str, servers: int, clients: int, brokers: int = 1) -> LabPlan:
+def make_plan(prefix: str, servers: int, clients: int, brokers: int = 1, sites: int = 0) -> LabPlan:
     """The whole plan; clients are spread round-robin over the servers (their home)."""
     check_prefix(prefix)
     if not 1 <= servers <= MAX_SERVERS:
@@ -208,7 +210,9 @@ def make_plan(prefix: str, servers: int, clients: int, brokers: int = 1) -> LabP
         )
         for j in range(1, clients + 1)
     )
-    return LabPlan(prefix, server_plans, client_plans, make_brokers(prefix, brokers))
+    if not 0 <= sites <= clients:
+        raise ValueError(f"sites must be 0..{clients} (at most the clients), not {sites}")
+    return LabPlan(prefix, server_plans, client_plans, make_brokers(prefix, brokers), sites)
 
 
 def owns_namespace(prefix: str, netns: str) -> bool:

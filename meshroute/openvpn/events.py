@@ -18,8 +18,11 @@ Invariants:
 
 - Anything that is not exactly a valid event raises ``ValueError`` with a message that
   says what is wrong; nothing half-parsed escapes.
-- A well-formed event that meshroute does not route (a learn-address for an iroute
-  subnet or a tap MAC address, a connect without any pool address) raises
+- A learn-address for an ``iroute`` subnet (``192.168.50.0/24``) is an event for
+  the subnet (``HookEvent.subnet``); whether it is routed is the agent's
+  ``routed_networks`` call (docs/subnets.md). A /32 or /128 is the host address.
+- A well-formed event that meshroute does not route (a learn-address for a tap MAC
+  address, a connect without any pool address) raises
   :class:`IgnoredEvent`, a ``ValueError`` subclass, so a receiver can tell "not for
   us" from "broken".
 - Unknown keys are ignored (a newer hook may add fields within version 1).
@@ -33,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshroute.model import MAX_COMMON_NAME as MAX_COMMON_NAME  # one limit, bus and hooks
-from meshroute.model import Address
+from meshroute.model import Address, Network, route_key
 
 HOOK_PROTOCOL_VERSION = 1
 MAX_DATAGRAM = 4096
@@ -74,6 +77,8 @@ class HookEvent:
     ``address`` is the learned address for learn-address (IPv4 or IPv6) and the IPv4
     pool address for client-connect/disconnect (whose IPv6 pool address is
     ``address6``). ``common_name`` is None only for learn-address delete.
+    ``subnet`` is an ``iroute`` subnet behind the client (learn-address only; then
+    ``address`` is None).
     ``connected_since`` is OpenVPN's ``time_unix`` (s) when the script had it.
     ``sent_ms`` is the hook's wall clock, ``received_ms`` the receiver's.
     """
@@ -87,6 +92,7 @@ class HookEvent:
     sent_ms: int
     received_ms: int | None = None
     real_address: str | None = None
+    subnet: Network | None = None
 
 
 def parse_hook_datagram(data: bytes, received_ms: int | None = None) -> HookEvent:
@@ -119,12 +125,16 @@ def _learn_address(
     obj: dict[str, Any], sent_ms: int, since: int | None, received_ms: int | None
 ) -> HookEvent:
     op = _choice(obj, "op", LEARN_OPS)
-    address = _learned_address(_string(obj, "address", required=True) or "")
+    learned = _learned_address(_string(obj, "address", required=True) or "")
     common_name = _common_name(obj, required=op != "delete")
+    address = (
+        learned if isinstance(learned, ipaddress.IPv4Address | ipaddress.IPv6Address) else None
+    )
     return HookEvent(
         kind=LEARN_ADDRESS,
         op=op,
         address=address,
+        subnet=None if address is not None else learned,  # type: ignore[arg-type]
         address6=None,
         common_name=common_name if op != "delete" else None,
         connected_since=since,
@@ -202,16 +212,14 @@ def _common_name(obj: dict[str, Any], required: bool) -> str | None:
     return name
 
 
-def _learned_address(text: str) -> Address:
+def _learned_address(text: str) -> Address | Network:
     """learn-address gives a host address, an iroute subnet or (tap) a MAC address."""
     if "/" in text:
         try:
             network = ipaddress.ip_network(text, strict=False)
         except ValueError:
             raise ValueError(f"'address' is not an IP address: {text!r}") from None
-        if network.num_addresses != 1:
-            raise IgnoredEvent(f"learn-address for subnet {text} (an iroute, not a client)")
-        return network.network_address
+        return route_key(network)
     try:
         return ipaddress.ip_address(text)
     except ValueError:

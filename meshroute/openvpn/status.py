@@ -26,6 +26,11 @@ Invariants:
   server's clock time of the last packet from the client: skew-free evidence of
   which session is live); read by header name too, optional, and a bad row there is
   a problem like any other. Rows of other tables are ignored.
+- A ``ROUTING_TABLE`` row whose virtual address is a subnet (``192.168.50.0/24``,
+  from the client's ``iroute``) is a subnet behind that client
+  (``StatusReport.subnets``); :func:`routed_subnets` pairs it with its client's
+  session by common name and real address (a row without one is skipped: the
+  client is gone or still authenticating).
 - Output that is not a whole status document (no CLIENT_LIST header, no ``END``:
   for example a truncated read) raises :class:`ParseError`: the poll result is the
   reconciling truth, and a partial list would wrongly retract live clients.
@@ -37,7 +42,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshroute.model import MAX_COMMON_NAME
+from meshroute.model import MAX_COMMON_NAME, Network, route_key
 
 COMMON_NAME = "Common Name"
 REAL_ADDRESS = "Real Address"
@@ -85,6 +90,19 @@ class StatusReport:
     time: int | None = None
     columns: tuple[str, ...] = field(default=(), repr=False)
     last_ref: dict[str, int] = field(default_factory=dict)  # virtual address -> time_t
+    # iroute subnets: (subnet, common name, real address)
+    subnets: tuple[tuple[Network, str, str], ...] = ()
+
+
+def routed_subnets(report: StatusReport) -> list[tuple[Network, ClientSession, int | None]]:
+    """Each iroute subnet with its client's session and its ``Last Ref`` (if known)."""
+    by_client = {(s.common_name, s.real_address): s for s in report.sessions}
+    found = []
+    for subnet, common_name, real in report.subnets:
+        session = by_client.get((common_name, real))
+        if session is not None:
+            found.append((subnet, session, report.last_ref.get(str(subnet))))
+    return found
 
 
 def parse_status(text: str) -> StatusReport:
@@ -99,6 +117,7 @@ def parse_status(text: str) -> StatusReport:
     stamp: int | None = None
     routes: dict[str, int] | None = None  # ROUTING_TABLE column -> index
     last_ref: dict[str, int] = {}
+    subnets: list[tuple[Network, str, str]] = []
     for number, line in enumerate(lines, start=1):
         fields = line.split(sep)
         tag = fields[0]
@@ -106,8 +125,9 @@ def parse_status(text: str) -> StatusReport:
             if header is None:
                 raise ParseError(0, "no 'HEADER CLIENT_LIST' line before END")
             return StatusReport(
-                tuple(sessions), tuple(problems), pending, title, stamp, header.columns, last_ref
-            )
+                tuple(sessions), tuple(problems), pending, title, stamp, header.columns,
+                last_ref, tuple(subnets),
+            )  # fmt: skip
         if tag == "TITLE":
             title = sep.join(fields[1:])
         elif tag == "TIME":
@@ -130,6 +150,7 @@ def parse_status(text: str) -> StatusReport:
             routes = {name: i for i, name in enumerate(fields[2:])}
         elif tag == "ROUTING_TABLE" and routes is not None:
             _routing_row(fields[1:], routes, number, line, last_ref, problems)
+            _subnet_row(fields[1:], routes, number, line, subnets, problems)
         # Other records (GLOBAL_STATS, future ones) are not ours.
     raise ParseError(0, "truncated status: no END line")
 
@@ -153,6 +174,31 @@ def _routing_row(
         last_ref[values[where]] = _int(values[when], LAST_REF, number, line)
     except ParseError as exc:
         problems.append(exc)
+
+
+def _subnet_row(
+    values: list[str],
+    columns: dict[str, int],
+    number: int,
+    line: str,
+    subnets: list[tuple[Network, str, str]],
+    problems: list[ParseError],
+) -> None:
+    """One ROUTING_TABLE row for an iroute subnet (its virtual address has a /LEN)."""
+    where = columns.get(VIRTUAL_ADDRESS)
+    name, real = columns.get(COMMON_NAME), columns.get(REAL_ADDRESS)
+    if where is None or name is None or real is None or len(values) != len(columns):
+        return  # a mismatched row is already a problem (_routing_row)
+    text = values[where]
+    if "/" not in text:
+        return
+    try:
+        key = route_key(ipaddress.ip_network(text, strict=True))
+    except ValueError:
+        problems.append(ParseError(number, f"{VIRTUAL_ADDRESS} {text!r} is not a subnet", line))
+        return
+    if isinstance(key, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        subnets.append((key, values[name], values[real]))
 
 
 def _separator(lines: list[str]) -> str:

@@ -76,7 +76,12 @@ class RunningLab:
 
 @contextmanager
 def running_lab(
-    tag: str, servers: int, clients: int, brokers: int = 1, backbone: str = "bridge"
+    tag: str,
+    servers: int,
+    clients: int,
+    brokers: int = 1,
+    backbone: str = "bridge",
+    sites: int = 0,
 ) -> Iterator[RunningLab]:
     """``lab up`` through the CLI; ``lab down`` afterwards, also when anything failed."""
     prefix = unique_prefix(tag)
@@ -85,7 +90,8 @@ def running_lab(
     try:
         done = cli("lab", "up", "--prefix", prefix, "--servers", str(servers),
                    "--clients", str(clients), "--brokers", str(brokers),
-                   "--backbone", backbone, check=False)  # fmt: skip
+                   "--backbone", backbone,
+                   *(["--sites", str(sites)] if sites else []), check=False)  # fmt: skip
         running = RunningLab(prefix, lab, time.monotonic() - started)
         if done.returncode != 0:
             raise AssertionError(f"lab up failed:\n{done.stderr}\n{running.logs_tail()}")

@@ -102,3 +102,18 @@ def test_an_ipv4_prefix_via_an_ipv6_next_hop(netns: Netns, dataplane: NetlinkDat
     [route] = netns.routes("10.100.100.60/32", family="-4")
     assert route["via"] == {"family": "inet6", "host": str(HOP6)}
     assert by_prefix(dataplane.dump()) == {prefix: HOP6}
+
+
+def test_subnet_routes_next_to_host_routes(netns: Netns, dataplane: NetlinkDataplane) -> None:
+    """Subnets behind clients (iroute, issue 10): a /24 and a /64 installed beside a
+    host route inside them, dumped by prefix, and removed, leaving the host route."""
+    site, site6 = NET("192.168.50.0/24"), NET("2001:db8:50::/64")
+    host, wider = NET("192.168.50.7/32"), NET("192.168.0.0/16")
+    routes = [Route(site, HOP4), Route(site6, HOP6), Route(host, HOP4), Route(wider, HOP4)]
+    assert dataplane.apply(routes, []).ok
+    assert netns.route_map(*OURS) == {site: HOP4, site6: HOP6, host: HOP4, wider: HOP4}
+    assert by_prefix(dataplane.dump()) == {site: HOP4, site6: HOP6, host: HOP4, wider: HOP4}
+    result = dataplane.apply([], [site, site6])
+    assert (result.deleted, result.ok) == (2, True)
+    assert netns.route_map(*OURS) == {host: HOP4, wider: HOP4}
+    assert by_prefix(dataplane.dump()) == {host: HOP4, wider: HOP4}

@@ -53,7 +53,12 @@ class Node:
     """One agent with its fake OpenVPN status, fake kernel and thread."""
 
     def __init__(
-        self, cluster: Cluster, name: str, index: int, dataplane: FakeDataplane | None = None
+        self,
+        cluster: Cluster,
+        name: str,
+        index: int,
+        dataplane: FakeDataplane | None = None,
+        routed_networks: tuple = (),
     ) -> None:
         self.name = name
         self.cluster = cluster
@@ -61,7 +66,7 @@ class Node:
         self.dataplane = dataplane or FakeDataplane()
         settings = CoreSettings(
             name=name, hold_time=HOLD, announce_interval=0.2, sync_timeout=0.3,
-            client_networks=NETS, next_hop=hop(index),
+            client_networks=NETS, next_hop=hop(index), routed_networks=routed_networks,
         )  # fmt: skip
         self.bus = MemoryBus(cluster.broker, name)
         self.iterations = 0

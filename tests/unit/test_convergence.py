@@ -44,11 +44,20 @@ from hypothesis.stateful import (
     rule,
 )
 
-from tests.sim import CLIENT_NETS, World
+from meshroute import subnets
+from meshroute.model import route_key
+from tests.sim import CLIENT_NETS, ROUTED_NETS, World
 
-# Few clients, so that sessions of one address often compete.
-CLIENTS = [ipaddress.ip_address(f"10.100.0.{i}") for i in range(1, 4)] + [
-    ipaddress.ip_address("fd10::1")
+# Few clients, so that sessions of one address often compete. Subnets behind clients
+# (iroute) follow the same rules: two overlapping ones of different lengths, an IPv6
+# one, and one outside routed_networks that must never become a route anywhere.
+CLIENTS = [
+    *(ipaddress.ip_address(f"10.100.0.{i}") for i in range(1, 4)),
+    ipaddress.ip_address("fd10::1"),
+    ipaddress.ip_network("192.168.50.0/24"),
+    ipaddress.ip_network("192.168.0.0/16"),
+    ipaddress.ip_network("fd50:1::/64"),
+    ipaddress.ip_network("172.16.0.0/24"),
 ]
 MAX_AGENTS = 5
 
@@ -281,7 +290,14 @@ class Convergence(RuleBasedStateMachine):
             )
             table = agent.core.table
             for prefix in agent.kernel.owned:
-                address = prefix.network_address
+                address = route_key(prefix)
+                if prefix.prefixlen < prefix.max_prefixlen:
+                    problem = subnets.subnet_problem(
+                        prefix, routed=ROUTED_NETS, clients=CLIENT_NETS, backbone=(),
+                        hops=w.all_hops,
+                    )  # fmt: skip
+                    assert problem is None, f"{agent.name}: subnet route {prefix}: {problem}"
+                    continue
                 assert any(address in net for net in CLIENT_NETS), (
                     f"{agent.name}: route {prefix} outside the client networks"
                 )

@@ -264,7 +264,6 @@ def test_parse_rejects_with_a_clear_message(data: bytes, message: str) -> None:
 @pytest.mark.parametrize(
     "data",
     [
-        datagram(address="10.9.0.0/24"),
         datagram(address="00:ff:01:02:03:04"),
         datagram(event="client-connect", op="connect", address=None),
     ],
@@ -290,8 +289,8 @@ def test_receiver_survives_bad_input_and_a_failing_handler(tmp_path: Path) -> No
     path = tmp_path / "hook.sock"
     with HookReceiver(path, handler) as receiver:
         sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        for data in (b"garbage", datagram(address="10.9.0.0/24"), datagram(common_name="boom"),
-                     b"", datagram(common_name="ok")):  # fmt: skip
+        mac, boom = datagram(address="00:ff:01:02:03:04"), datagram(common_name="boom")
+        for data in (b"garbage", mac, boom, b"", datagram(common_name="ok")):
             sender.sendto(data, str(path))
         sender.close()
         assert seen.get(timeout=5).common_name == "ok"
