@@ -272,8 +272,14 @@ class LocalClaims:
         if current is not None and current.common_name == session.common_name:
             if current.connected_since == session.connected_since:
                 return self._reassert_if_live(current, session, fetched_at)
-            if entry is not None and entry.since_estimated:
-                # learn-address guessed the time; keep the session's stamp.
+            if (
+                entry is not None
+                and entry.since_estimated
+                and session.connected_since <= current.connected_since
+            ):
+                # learn-address guessed the time (when the hook came, on this server's
+                # clock: the session started no later); keep the session's stamp. A
+                # session that started after the guess is a later one of the client.
                 entry.since_estimated = False
                 since = session.connected_since
                 return self._set(ClaimRecord(address, session.common_name, since, current.stamp))

@@ -139,3 +139,21 @@ def test_a_delete_a_known_peer_asked_for_is_not_a_frozen_delete():
     machine.move(client=0, first=0, gap=0.5, second=0)
     machine.move(client=0, first=0, gap=0.5, second=0)
     machine.teardown()
+
+
+def test_a_later_session_is_not_taken_for_the_one_learn_address_guessed():
+    """Found by the CI profile: learn-address (no Connected Since: the time is
+    guessed) told s1 of a session; it lost a contest. The client left and came back
+    to s1 (a new session, hooks lost) before s1 polled, then moved to s2 and s3 and
+    left. s1's poll took the new session for the guessed one (same client) and kept
+    its stamp and its contest, so the new session re-asserted over s2's newer one."""
+    machine = _machine(3)
+    machine.hooks(loss=0.5)
+    machine.move(client=1, first=0, gap=0.05, second=2)
+    machine.hooks(loss=1.0)
+    machine.move(client=0, first=0, gap=4.0, second=0)
+    machine.move(client=1, first=0, gap=1.5, second=1)
+    machine.move(client=1, first=1, gap=0.05, second=2)
+    machine.hooks(loss=0.0)
+    machine.leave(client=1)
+    machine.teardown()

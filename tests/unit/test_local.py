@@ -59,6 +59,18 @@ def test_poll_fills_in_connected_since_of_a_learn_address_session():
     assert polled.connected_since == 999 and polled.stamp == guessed.stamp
 
 
+def test_a_session_that_started_after_the_guess_is_a_later_one():
+    """learn-address's guess is when the hook came: the session started no later.
+    A polled session of the same client that started after it is a new session
+    (the client left and came back unseen by the hooks), not the guessed one."""
+    _table, local = make()
+    [(_, guessed)] = local.connected(A, "c1", None, now=1, wall_ms=WALL, source=LEARN_ADDRESS)
+    since = WALL // 1000 + 4
+    [(_, polled)] = local.poll([Session(A, "c1", since)], fetched_at=6)
+    assert polled.connected_since == since
+    assert polled.stamp >= since * 1000 > guessed.stamp
+
+
 def test_first_poll_stamps_are_reproducible_later_polls_are_new():
     table, local = make()
     [(_, first)] = local.poll([Session(A, "c1", 1000)], fetched_at=1)
