@@ -233,11 +233,17 @@ class Mesh:
             subprocess.run(["ip", "netns", "del", agent.netns], check=False, capture_output=True)
 
     def logs(self) -> str:
+        """Each agent's own log lines, the last ones (pika's DEBUG chatter left out:
+        it would push meshroute's lines out of the tail)."""
         return "\n".join(
-            f"----- {a.name} -----\n{a.log.read_text(errors='replace')[-6000:]}"
+            f"----- {a.name} -----\n{_own_lines(a.log.read_text(errors='replace'))[-12000:]}"
             for a in self.agents.values()
             if a.log.exists()
         )
+
+
+def _own_lines(text: str) -> str:
+    return "".join(line for line in text.splitlines(True) if " DEBUG pika." not in line)
 
 
 FAST = {
