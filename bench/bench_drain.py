@@ -31,7 +31,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from agent_bench import Bench, LightPeer, claims, cpu_seconds, load, median, rss_mib
+from agent_bench import TRIAL_CORE, Bench, LightPeer, claims, cpu_seconds, load, median, rss_mib
 
 SETTINGS = {
     "hold_time": "60",  # the paused agent must not expire its peer meanwhile
@@ -177,8 +177,10 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, help="py-spy the agent in one more add round")
     parser.add_argument("--agent-source", type=Path,
                         help="run the agent from this checkout (default: this one)")  # fmt: skip
+    parser.add_argument("--trial-core", action="store_true",
+                        help="the agent behind agent_bench.TRIAL_CORE")  # fmt: skip
     args = parser.parse_args()
-    bench = Bench(f"mrbd{os.getpid() % 10000}", SETTINGS)
+    bench = Bench(f"mrbd{os.getpid() % 10000}", SETTINGS, TRIAL_CORE if args.trial_core else None)
     try:
         if args.agent_source is not None:
             bench.use_agent_source(args.agent_source.resolve())

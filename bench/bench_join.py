@@ -22,10 +22,14 @@ import argparse
 import ipaddress
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 from agent_bench import LIGHT_PYROUTE2, Bench, claims, cpu_seconds, ip, load, median, rss_mib
+from bench_drain import summarize_profile
 
 SETTINGS = {
     "hold_time": "15",
@@ -38,7 +42,7 @@ SETTINGS = {
 }
 
 
-def one_round(bench: Bench, n: int, settle: float) -> dict[str, float | int]:
+def one_round(bench: Bench, n: int, settle: float, profile: Path | None = None) -> dict:
     agent, monitor = bench.agent, bench.monitor
     assert agent is not None and monitor is not None
     ip("-n", bench.netns, "route", "flush", "proto", "201")
@@ -48,6 +52,12 @@ def one_round(bench: Bench, n: int, settle: float) -> dict[str, float | int]:
     t0 = time.time()
     agent.start()
     assert agent.proc is not None
+    spy = None
+    if profile is not None:  # attaches a few ms after the spawn: the start-up is partly missed
+        py_spy = str(Path(sys.executable).parent / "py-spy")
+        spy = subprocess.Popen([py_spy, "record", "--pid", str(agent.proc.pid), "--rate", "250",
+                                "--format", "raw", "--output", str(profile), "--threads"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         last, exact = monitor.wait_count(bench.netns, n, deleted=False, timeout=180)
     except RuntimeError as exc:
@@ -55,6 +65,9 @@ def one_round(bench: Bench, n: int, settle: float) -> dict[str, float | int]:
     with monitor.cond:
         first = min(monitor.added)
     cpu = cpu_seconds(agent.proc.pid)
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(timeout=30)
     time.sleep(settle)  # the sync window ends, a resync runs: the RSS of a running agent
     result = {
         "claims": n,
@@ -82,6 +95,7 @@ def main() -> None:
                         help="run the agent from this checkout (default: this one)")  # fmt: skip
     parser.add_argument("--light-pyroute2", action="store_true",
                         help="the agent behind agent_bench.LIGHT_PYROUTE2")  # fmt: skip
+    parser.add_argument("--profile", type=Path, help="py-spy the agent in one more round")
     args = parser.parse_args()
     settings = {**SETTINGS, "max_claims_per_peer": str(max(65536, args.claims))}
     prelude = LIGHT_PYROUTE2 if args.light_pyroute2 else None
@@ -102,6 +116,11 @@ def main() -> None:
             result = one_round(bench, n, args.settle)
             print(json.dumps(result), flush=True)
             results.append(result)
+        if args.profile is not None:
+            raw = args.profile.with_suffix(".raw")
+            print(json.dumps(one_round(bench, n, args.settle, raw)))
+            args.profile.write_text(summarize_profile(raw))
+            print(f"profile: {args.profile}")
         print(json.dumps({
             "median_join_s": median([r["join_s"] for r in results]),
             "median_rss_mib": median([r["agent_rss_mib"] for r in results]),
