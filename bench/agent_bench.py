@@ -147,6 +147,8 @@ class RouteMonitor:
 class LightPeer:
     """One peer agent on the real bus: heartbeats, deltas, snapshots on request."""
 
+    acknowledges = True  # as the agent: one ack per message, after handling it
+
     def __init__(self, name: str, url: str, hop: str, claims: tuple[ClaimRecord, ...] = ()):
         self.name = name
         self.hop = ipaddress.ip_address(hop)

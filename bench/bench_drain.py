@@ -179,8 +179,16 @@ def main() -> None:
                         help="run the agent from this checkout (default: this one)")  # fmt: skip
     parser.add_argument("--trial-core", action="store_true",
                         help="the agent behind agent_bench.TRIAL_CORE")  # fmt: skip
+    parser.add_argument("--prefetch", type=int,
+                        help="the agent's AMQP prefetch (default: AmqpBus's own)")  # fmt: skip
     args = parser.parse_args()
-    bench = Bench(f"mrbd{os.getpid() % 10000}", SETTINGS, TRIAL_CORE if args.trial_core else None)
+    prelude = TRIAL_CORE if args.trial_core else None
+    if args.prefetch is not None:
+        prelude = (prelude or "") + (
+            "\nimport meshroute.bus.amqp as _amqp\n"
+            f"_amqp.AmqpBus.__init__.__kwdefaults__['prefetch'] = {args.prefetch}\n"
+        )
+    bench = Bench(f"mrbd{os.getpid() % 10000}", SETTINGS, prelude)
     try:
         if args.agent_source is not None:
             bench.use_agent_source(args.agent_source.resolve())

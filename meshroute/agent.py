@@ -135,6 +135,8 @@ class LoopSettings:
 class Agent:
     """Wires the core to a bus, a dataplane, OpenVPN sources and a clock (all injected)."""
 
+    acknowledges = True  # the bus acks a message only when _iterate has applied it
+
     def __init__(
         self,
         core: AgentCore,

@@ -35,11 +35,13 @@ Invariants (see docs/protocol.md for the wire side):
   ends the session and the next one declares everything again.
 - ``Envelope.received_at`` is ``time.monotonic()`` taken on this thread when pika
   hands the message over (liveness is judged on arrival).
-- A delivery is acked only when the handler calls :meth:`AmqpBus.acknowledge` with
-  its receipt (or a later one), i.e. once the agent has applied it: one
-  ``basic.ack`` with ``multiple=True`` per agent loop iteration, not one per
-  message. Up to ``prefetch`` deliveries are unacked at a time (the broker keeps the
-  rest, so a backlog waits in the broker, not in the agent's memory). A receipt of
+- For a handler with ``acknowledges = True`` (the agent) a delivery is acked only
+  when the handler calls :meth:`AmqpBus.acknowledge` with its receipt (or a later
+  one), i.e. once the agent has applied it: one ``basic.ack`` with
+  ``multiple=True`` per agent loop iteration, not one per message. Any other
+  handler's deliveries are acked one by one as it takes them. Up to ``prefetch``
+  deliveries are unacked at a time (the broker keeps the rest, so a backlog waits
+  in the broker, not in the agent's memory). A receipt of
   an earlier session is ignored: the broker has requeued (durable queue) or
   dropped (exclusive queue) that session's unacked messages.
 """
@@ -68,10 +70,11 @@ log = logging.getLogger(__name__)
 
 QUEUE_PREFIX = "meshroute."
 QUEUE_KINDS = ("exclusive", "quorum", "classic")
-# Unacked deliveries at a time. Acks come once per agent loop iteration, after the
-# apply, and the loop takes up to 10,000 items per iteration: a window about twice
-# that keeps the broker streaming while the loop works (bench/bench_drain.py).
-PREFETCH = 20_000
+# Unacked deliveries at a time (acks come once per agent loop iteration, after the
+# apply). 1,000 and 20,000 drained a 20,000-event backlog equally fast
+# (bench/bench_drain.py --prefetch, bench/README.md); the smaller window keeps a
+# backlog in the broker rather than in the agent's memory.
+PREFETCH = 1000
 
 
 def queue_name(agent: str) -> str:
@@ -187,6 +190,7 @@ class AmqpBus:
         self._stop_deadline = 0.0
         self._thread: threading.Thread | None = None
         self._handler: BusHandler | None = None
+        self._handler_acknowledges = False
         self._conn: SelectConnection | None = None
         self._attempt = 0
         self._session_id = 0
@@ -202,6 +206,7 @@ class AmqpBus:
 
     def start(self, handler: BusHandler) -> None:
         self._handler = handler
+        self._handler_acknowledges = bool(getattr(handler, "acknowledges", False))
         self._thread = threading.Thread(target=self._run, name=f"meshroute-amqp-{self.name}")
         self._thread.daemon = True
         self._thread.start()
@@ -443,8 +448,10 @@ class AmqpBus:
         try:
             self._handler.on_message(envelope)
         except Exception:  # a handler bug must not kill the I/O thread
-            # Not acked now: the next acknowledge (multiple=True) settles it.
+            # (a handler that acknowledges settles it with its next receipt)
             log.exception("%s: handler failed on a %s message", self.name, props.type)
+        if not self._handler_acknowledges and channel.is_open:
+            channel.basic_ack(method.delivery_tag)  # else redelivered after a reconnect
 
     def _send_ack(self) -> None:
         """One ``basic.ack`` for everything the handler settled since the last one."""

@@ -9,10 +9,12 @@ Invariants every implementation keeps:
   from one thread reach every other agent's queue in publish order.
 - ``handler.on_message`` is called from the bus's own thread, one message at a
   time; it must only enqueue (the agent does all real work on its own thread).
-- A message that carries a ``receipt`` is settled with the broker only when the
-  handler passes that receipt (or a later one of the same bus) to ``acknowledge``,
-  which it does once the message has been applied: receipts are ordered, and
-  acknowledging one settles every earlier one. A bus that redelivers what was not
+- A handler with ``acknowledges = True`` (the agent) settles messages itself: one
+  that carries a ``receipt`` is settled with the broker only when the handler
+  passes that receipt (or a later one of the same bus) to ``acknowledge``, which
+  it does once the message has been applied: receipts are ordered, and
+  acknowledging one settles every earlier one. For any other handler the bus
+  settles each message once the handler has taken it. A bus that redelivers what was not
   acknowledged (a durable queue after a crash) therefore never loses an applied
   message's successors, and redelivery is harmless (the core drops what it has).
 - ``handler.on_connection(False)`` is called whenever the bus loses its broker and
@@ -46,6 +48,8 @@ class Envelope:
 
 
 class BusHandler(Protocol):
+    # (optional) ``acknowledges = True``: the handler calls Bus.acknowledge itself
+
     def on_message(self, envelope: Envelope) -> None: ...
 
     def on_connection(self, up: bool) -> None: ...
