@@ -19,7 +19,9 @@ After draining what is queued the loop runs timers, publishes what the core aske
 for, and reconciles the kernel once (level-triggered): only addresses whose claims
 changed, or everything on a full resync (at start, every ``resync_interval``, after
 any failed route, and when the start-up sync window ends). The kernel is written by
-this thread only.
+this thread only. Then, and only then, the bus messages of the iteration are
+acknowledged to the bus (one receipt, the last: acks are cumulative), so a message
+the broker considers delivered has been applied to the table and the kernel.
 """
 
 from __future__ import annotations
@@ -132,6 +134,8 @@ class LoopSettings:
 
 class Agent:
     """Wires the core to a bus, a dataplane, OpenVPN sources and a clock (all injected)."""
+
+    acknowledges = True  # the bus acks a message only when _iterate has applied it
 
     def __init__(
         self,
@@ -269,7 +273,10 @@ class Agent:
             except queue.Empty:
                 break
         queries = [item for item in batch if isinstance(item, _Query)]
+        receipt = None  # of the last bus message in the batch (bus order = inbox order)
         for item in batch:
+            if isinstance(item, Envelope) and item.receipt is not None:
+                receipt = item.receipt
             if not isinstance(item, _Query):
                 self._handle_safely(item)
         now = self.clock.monotonic()
@@ -280,6 +287,8 @@ class Agent:
         self._publish()
         self._poll_if_due(now)
         self._reconcile(now)
+        if receipt is not None:  # settled only once applied: one ack for the batch
+            self.bus.acknowledge(receipt)
         if now >= self._next_keep:
             self._keep_own_claims()
             self._next_keep = now + KEEP_INTERVAL

@@ -35,6 +35,15 @@ Invariants (see docs/protocol.md for the wire side):
   ends the session and the next one declares everything again.
 - ``Envelope.received_at`` is ``time.monotonic()`` taken on this thread when pika
   hands the message over (liveness is judged on arrival).
+- For a handler with ``acknowledges = True`` (the agent) a delivery is acked only
+  when the handler calls :meth:`AmqpBus.acknowledge` with its receipt (or a later
+  one), i.e. once the agent has applied it: one ``basic.ack`` with
+  ``multiple=True`` per agent loop iteration, not one per message. Any other
+  handler's deliveries are acked one by one as it takes them. Up to ``prefetch``
+  deliveries are unacked at a time (the broker keeps the rest, so a backlog waits
+  in the broker, not in the agent's memory). A receipt of
+  an earlier session is ignored: the broker has requeued (durable queue) or
+  dropped (exclusive queue) that session's unacked messages.
 """
 
 from __future__ import annotations
@@ -61,6 +70,11 @@ log = logging.getLogger(__name__)
 
 QUEUE_PREFIX = "meshroute."
 QUEUE_KINDS = ("exclusive", "quorum", "classic")
+# Unacked deliveries at a time (acks come once per agent loop iteration, after the
+# apply). 1,000 and 20,000 drained a 20,000-event backlog equally fast
+# (bench/bench_drain.py --prefetch, bench/README.md); the smaller window keeps a
+# backlog in the broker rather than in the agent's memory.
+PREFETCH = 1000
 
 
 def queue_name(agent: str) -> str:
@@ -109,6 +123,14 @@ class QueueSettings:
             raise ValueError(f"queue kind {self.kind!r}: expected one of {', '.join(QUEUE_KINDS)}")
 
 
+@dataclass(frozen=True)
+class Receipt:
+    """Names one delivery: the session (connection) it came on and its tag there."""
+
+    session: int
+    tag: int
+
+
 @dataclass
 class _Outgoing:
     body: bytes
@@ -133,7 +155,7 @@ class AmqpBus:
         *,
         heartbeat: int = 10,
         tls: TlsSettings | None = None,
-        prefetch: int = 1000,
+        prefetch: int = PREFETCH,
         connect_timeout: float = 5,
         queue: QueueSettings | None = None,
         max_outbox: int = 100_000,
@@ -168,8 +190,12 @@ class AmqpBus:
         self._stop_deadline = 0.0
         self._thread: threading.Thread | None = None
         self._handler: BusHandler | None = None
+        self._handler_acknowledges = False
         self._conn: SelectConnection | None = None
         self._attempt = 0
+        self._session_id = 0
+        self._ack_upto = 0  # the highest tag the handler has settled (this session)
+        self._ack_pending = False  # a _send_ack is scheduled on the ioloop
         self._reset_session()
 
     # -- Bus protocol --------------------------------------------------------------
@@ -180,6 +206,7 @@ class AmqpBus:
 
     def start(self, handler: BusHandler) -> None:
         self._handler = handler
+        self._handler_acknowledges = bool(getattr(handler, "acknowledges", False))
         self._thread = threading.Thread(target=self._run, name=f"meshroute-amqp-{self.name}")
         self._thread.daemon = True
         self._thread.start()
@@ -204,6 +231,18 @@ class AmqpBus:
                 lost = self._outbox.popleft()
                 log.warning("%s: outbox full, dropped a %s message", self.name, lost.msg_type)
             self._schedule_flush_locked()
+
+    def acknowledge(self, receipt: object) -> None:
+        """Ack every delivery up to ``receipt`` (see the module doc); any thread."""
+        if not isinstance(receipt, Receipt):
+            raise TypeError(f"not a receipt of this bus: {receipt!r}")
+        with self._lock:
+            if receipt.session != self._session_id or receipt.tag <= self._ack_upto:
+                return
+            self._ack_upto = receipt.tag
+            if self._loop is not None and not self._ack_pending:
+                self._ack_pending = True
+                self._loop.add_callback_threadsafe(self._send_ack)
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop_deadline = time.monotonic() + timeout
@@ -266,6 +305,11 @@ class AmqpBus:
             raise _SessionFailed(self._urls[index])
 
     def _reset_session(self, index: int = 0) -> None:
+        with self._lock:  # acknowledge() reads these from the agent's thread
+            self._session_id += 1
+            self._ack_upto = 0
+            self._ack_pending = False
+        self._acked = 0  # the highest tag acked to the broker (I/O thread only)
         self._index = index
         self._conn = None
         self._channel = None
@@ -397,15 +441,27 @@ class AmqpBus:
             msg_type=props.type,
             message_id=props.message_id,
             received_at=time.monotonic(),
+            receipt=Receipt(self._session_id, method.delivery_tag),
         )
         if self._handler is None:  # start() sets it before any connection exists
             return
         try:
             self._handler.on_message(envelope)
         except Exception:  # a handler bug must not kill the I/O thread
+            # (a handler that acknowledges settles it with its next receipt)
             log.exception("%s: handler failed on a %s message", self.name, props.type)
-        if channel.is_open:  # else the broker redelivers it after the reconnect
-            channel.basic_ack(method.delivery_tag)
+        if not self._handler_acknowledges and channel.is_open:
+            channel.basic_ack(method.delivery_tag)  # else redelivered after a reconnect
+
+    def _send_ack(self) -> None:
+        """One ``basic.ack`` for everything the handler settled since the last one."""
+        with self._lock:
+            self._ack_pending = False
+            tag = self._ack_upto
+        channel = self._channel
+        if tag > self._acked and channel is not None and channel.is_open:
+            channel.basic_ack(tag, multiple=True)  # tags only grow within a channel
+            self._acked = tag
 
     # -- the I/O thread: publishing ---------------------------------------------------
 

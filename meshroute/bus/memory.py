@@ -347,6 +347,9 @@ class MemoryBus:
                 return
         self.broker._route(self.name, envelope, to)
 
+    def acknowledge(self, receipt: object) -> None:
+        """Nothing to settle: the in-memory broker delivers once, without receipts."""
+
     def stop(self, timeout: float = 5.0) -> None:
         """Leave the broker; anything still in the outbox is lost (logged)."""
         if self._outbox:
