@@ -30,12 +30,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the agent process harness is shared with the tests
 
-from meshroute import codec  # noqa: E402
 from meshroute.bus.amqp import AmqpBus  # noqa: E402
 from meshroute.bus.base import Envelope  # noqa: E402
-from meshroute.claims import ClaimSet  # noqa: E402
+from meshroute.core import codec  # noqa: E402
+from meshroute.core.claimset import ClaimSet  # noqa: E402
+from meshroute.core.model import ClaimRecord, Delta, Header, Heartbeat, Snapshot, SyncRequest  # noqa: E402
 from meshroute.lab.rabbitmq import RabbitNode, free_port  # noqa: E402
-from meshroute.model import ClaimRecord, Delta, Header, Heartbeat, Snapshot, SyncRequest  # noqa: E402
 from tests.integration import mesh  # noqa: E402
 from tests.integration.mesh import AgentProc, ip  # noqa: E402
 
@@ -252,7 +252,7 @@ sys.modules["pyroute2"] = _pkg
 # and masks was tried too: no faster with one network, 0.74 against 0.63 µs.)
 TRIAL_CORE = """
 import ipaddress, json, socket
-from meshroute import codec
+from meshroute.core import codec
 
 _DECODER = json.JSONDecoder(object_pairs_hook=codec._unique_keys,
                             parse_constant=codec._no_constant)
@@ -286,7 +286,7 @@ codec.ipaddress = type("ipaddress_fast", (), {"ip_address": staticmethod(_fast_i
 """
 RUN_AGENT = """
 import sys
-from meshroute.daemon import main
+from meshroute.agent.daemon import main
 sys.exit(main(sys.argv[1]))
 """
 

@@ -44,12 +44,12 @@ import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from meshroute import codec
-from meshroute.core import AgentCore, CoreSettings
+from meshroute.core import codec
+from meshroute.core.engine import AgentCore, CoreSettings
+from meshroute.core.model import ClaimRecord, Delta, Header, Snapshot
+from meshroute.core.reconcile import RouteSync
 from meshroute.dataplane.fake import FakeDataplane
-from meshroute.model import ClaimRecord, Delta, Header, Snapshot
 from meshroute.openvpn.events import parse_hook_datagram
-from meshroute.reconcile import RouteSync
 
 CLIENTS = ipaddress.IPv4Network("10.64.0.0/10")  # room for 100k+ claims
 SELF_HOP = ipaddress.IPv4Address("172.16.0.1")
@@ -190,7 +190,7 @@ def memory_child(peers: int, per_peer: int, trace: bool) -> dict[str, float]:
     import prometheus_client  # noqa: F401
     import pyroute2  # noqa: F401
 
-    import meshroute.daemon  # noqa: F401
+    import meshroute.agent.daemon  # noqa: F401
 
     gc.collect()
     if trace:

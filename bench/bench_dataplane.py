@@ -30,9 +30,9 @@ from contextlib import contextmanager
 
 from pyroute2 import IPRoute
 
+from meshroute.core.model import Route
+from meshroute.core.reconcile import RouteSync
 from meshroute.dataplane.netlink import NetlinkDataplane
-from meshroute.model import Route
-from meshroute.reconcile import RouteSync
 
 HOP = ipaddress.IPv4Address("192.0.2.2")
 PROTO, TABLE = 201, 254

@@ -29,13 +29,13 @@ from pathlib import Path
 
 CHILD = """
 import ipaddress, sys, time
-from meshroute import codec
-from meshroute.agent import Agent, LoopSettings
+from meshroute.core import codec
+from meshroute.agent.loop import Agent, LoopSettings
 from meshroute.bus.base import Envelope
-from meshroute.clock import SystemClock
-from meshroute.core import AgentCore, CoreSettings
+from meshroute.core.clock import SystemClock
+from meshroute.core.engine import AgentCore, CoreSettings
 from meshroute.dataplane.fake import FakeDataplane
-from meshroute.model import ClaimRecord, Delta, Header, Heartbeat
+from meshroute.core.model import ClaimRecord, Delta, Header, Heartbeat
 
 mode, netns, n = sys.argv[1], sys.argv[2], 20_000
 

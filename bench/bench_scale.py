@@ -26,11 +26,11 @@ import threading
 import time
 from pathlib import Path
 
-from meshroute import codec
 from meshroute.bus.amqp import AmqpBus
 from meshroute.bus.base import Envelope
+from meshroute.core import codec
+from meshroute.core.model import Header, Heartbeat
 from meshroute.lab.rabbitmq import RabbitNode, free_port
-from meshroute.model import Header, Heartbeat
 
 EXCHANGE = "meshroute"
 CLK_TCK = os.sysconf("SC_CLK_TCK")

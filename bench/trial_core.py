@@ -19,9 +19,9 @@ from pathlib import Path
 
 CHILD = """
 import ipaddress, json, sys, time
-from meshroute import codec
-from meshroute.core import AgentCore, CoreSettings
-from meshroute.model import ClaimRecord, Delta, Header, Heartbeat
+from meshroute.core import codec
+from meshroute.core.engine import AgentCore, CoreSettings
+from meshroute.core.model import ClaimRecord, Delta, Header, Heartbeat
 
 n = 20_000
 settings = CoreSettings(name="a", hold_time=60, announce_interval=5, sync_timeout=1,

@@ -39,11 +39,11 @@ def cli() -> None:
 )
 def check(config: str, as_json: bool, as_user: str | None, backbone_openvpn: str | None) -> None:
     """Validate CONFIG (with MESHROUTE_* overrides) and print the effective config."""
-    from meshroute.config import check_command
+    from meshroute.config.schema import check_command
 
     code = check_command(config, as_json=as_json, backbone_openvpn=backbone_openvpn)
     if code == 0 and as_user:
-        from meshroute.access import check_as_user
+        from meshroute.config.access import check_as_user
 
         code = check_as_user(config, as_user)
     sys.exit(code)
@@ -62,7 +62,7 @@ def agent(config_arg: str | None, config_opt: str | None, log_level: str | None)
     """Run the agent for one OpenVPN server (CONFIG as the only argument works)."""
     if config_arg and config_opt and config_arg != config_opt:
         raise click.UsageError("give the config once: as CONFIG or as --config, not both")
-    from meshroute.daemon import main as agent_main
+    from meshroute.agent.daemon import main as agent_main
 
     sys.exit(agent_main(config_arg or config_opt, log_level=log_level))
 
@@ -186,7 +186,7 @@ def broker_definitions(
     """
     from pathlib import Path
 
-    from meshroute.broker_defs import definitions_command
+    from meshroute.bus.definitions import definitions_command
 
     sys.exit(
         definitions_command(

@@ -3,7 +3,7 @@
 Protocol: the client sends one JSON line ``{"cmd": "table"|"peers"|"health"|"leave"}``;
 the agent answers one JSON line ``{"ok": true, "result": {...}}`` or
 ``{"ok": false, "error": "..."}`` and closes. ``leave`` makes the agent say goodbye
-and stop (see :mod:`meshroute.daemon`); the socket's mode (0660, the agent's group)
+and stop (see :mod:`meshroute.agent.daemon`); the socket's mode (0660, the agent's group)
 is what allows it. Queries are answered on the agent's
 own thread, so an answer is one consistent moment; a query never blocks the loop
 for longer than it takes to build the answer.
@@ -111,7 +111,7 @@ def resolve_socket(socket_path: str | None, config_path: str | None) -> str:
     if socket_path:
         return socket_path
     if config_path:
-        from meshroute.config import load_config
+        from meshroute.config.schema import load_config
 
         return str(load_config(config_path).config.control_socket)
     return os.environ.get("MESHROUTE_CONTROL_SOCKET", DEFAULT_SOCKET)
@@ -126,7 +126,7 @@ def query_command(
 ) -> int:
     """`meshroute table|peers|health`: 0 ok, 1 no agent answered (or nothing matched
     ``select``), 3 agent unhealthy."""
-    from meshroute.config import ConfigError
+    from meshroute.config.schema import ConfigError
 
     try:
         result = request(resolve_socket(socket_path, config_path), what)
@@ -161,7 +161,7 @@ def leave_command(socket_path: str | None, config_path: str | None, wait: float)
     """`meshroute leave`: goodbye and stop; waits for the agent to be gone."""
     import time
 
-    from meshroute.config import ConfigError
+    from meshroute.config.schema import ConfigError
 
     try:
         path = resolve_socket(socket_path, config_path)

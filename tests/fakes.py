@@ -168,6 +168,6 @@ def poll(condition: Callable[[], T], timeout: float, what: str, step: float = 0.
 
 def by_prefix(routes):
     """A dataplane dump (host routes keyed by address) keyed by prefix, for asserts."""
-    from meshroute.model import host_prefix
+    from meshroute.core.model import host_prefix
 
     return {k if hasattr(k, "prefixlen") else host_prefix(k): v for k, v in routes.items()}

@@ -13,11 +13,11 @@ Everything is deterministic given the random seed. The parts:
   outlive agents, partitions that hold an agent's outbox, and the one fault model
   of the bus seam, :class:`~meshroute.bus.memory.RandomFaults` (drop, duplicate,
   delay on the true clock, hence reorder). Messages cross the real codec.
-- **Agents** are the real :class:`~meshroute.core.AgentCore` (with its
-  :class:`~meshroute.state.ClaimTable`), a real :class:`~meshroute.reconcile.RouteSync`,
+- **Agents** are the real :class:`~meshroute.core.engine.AgentCore` (with its
+  :class:`~meshroute.core.table.ClaimTable`), a real :class:`~meshroute.core.reconcile.RouteSync`,
   and a :class:`~meshroute.dataplane.fake.FakeDataplane` as the server's kernel (the
   kernel outlives the agent: a restarted agent adopts it). :func:`reconcile` mirrors
-  ``meshroute.agent.Agent._reconcile``.
+  ``meshroute.agent.loop.Agent._reconcile``.
 - **OpenVPN servers** are session lists. A session has its server's
   ``connected_since`` and ``Last Ref`` (time_t on the server's clock: the last packet
   from the client). A client's live session (its latest) gets traffic at least every
@@ -35,14 +35,13 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from meshroute import codec
-from meshroute.agent import KEEP_INTERVAL
+from meshroute.agent.loop import KEEP_INTERVAL
 from meshroute.bus.base import Envelope
 from meshroute.bus.memory import MemoryBroker, MemoryBus, RandomFaults
-from meshroute.core import AgentCore, CoreSettings
-from meshroute.dataplane.fake import FakeDataplane
-from meshroute.local import CLIENT_CONNECT, LEARN_ADDRESS, Session
-from meshroute.model import (
+from meshroute.core import codec
+from meshroute.core.engine import AgentCore, CoreSettings
+from meshroute.core.local import CLIENT_CONNECT, LEARN_ADDRESS, Session
+from meshroute.core.model import (
     Address,
     ClaimRecord,
     Message,
@@ -52,7 +51,8 @@ from meshroute.model import (
     route_key,
     route_prefix,
 )
-from meshroute.reconcile import Reconciler
+from meshroute.core.reconcile import Reconciler
+from meshroute.dataplane.fake import FakeDataplane
 
 CLIENT_NETS = (ipaddress.ip_network("10.100.0.0/16"), ipaddress.ip_network("fd10::/64"))
 # Subnets behind clients (iroute) are routed only inside these (docs/subnets.md).
@@ -93,7 +93,7 @@ class TrueTime:
 
 @dataclass
 class ServerClock:
-    """A server's clock (implements :class:`meshroute.clock.Clock`).
+    """A server's clock (implements :class:`meshroute.core.clock.Clock`).
 
     ``wall_ms`` = true wall time + ``offset_ms`` + ``drift_ppm`` * elapsed true time.
     """
@@ -143,7 +143,7 @@ class ServerSession:
 
 @dataclass
 class SimAgent:
-    """The real core and route mirror of one agent, fed like ``meshroute.agent.Agent``."""
+    """The real core and route mirror of one agent, fed like ``meshroute.agent.loop.Agent``."""
 
     name: str
     core: AgentCore
@@ -192,8 +192,8 @@ class SimAgent:
 
 
 def reconcile(agent: SimAgent, now: float, resync_interval: float) -> None:
-    """One reconcile step, by the agent's own :class:`~meshroute.reconcile.Reconciler`
-    (the same plan as ``meshroute.agent.Agent._reconcile``), into the fake kernel.
+    """One reconcile step, by the agent's own :class:`~meshroute.core.reconcile.Reconciler`
+    (the same plan as ``meshroute.agent.loop.Agent._reconcile``), into the fake kernel.
 
     Records every delete made while the table is frozen (or the agent is silently
     cut off from the broker): an agent that cannot hear the bus must delete no
@@ -287,7 +287,7 @@ class World:
             next_hop=hop4,
             next_hop6=hop6,
         )
-        # The epoch is a persisted incarnation (meshroute.incarnation): above the last.
+        # The epoch is a persisted incarnation (meshroute.agent.incarnation): above the last.
         epoch = max(clock.wall_ms(), self._epochs.get(name, -1) + 1)
         self._epochs[name] = epoch
         core = AgentCore(core_settings, epoch=epoch, wall_clock=clock.wall_ms)
@@ -299,7 +299,7 @@ class World:
         agent.next_poll = now + self.rng.uniform(0, 0.5)
         agent.cut_off = name in self.broker._partitioned
         self.agents[name] = agent
-        core.remember(self.kept.get(name, ()))  # the state file (meshroute.incarnation)
+        core.remember(self.kept.get(name, ()))  # the state file (meshroute.agent.incarnation)
         core.start(now)
         agent.bus = MemoryBus(self.broker, name)
         agent.bus.start(agent)

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from meshroute.model import Address, Network, Route, RouteKey
+from meshroute.core.model import Address, Network, Route, RouteKey
 
 
 @dataclass
@@ -35,7 +35,7 @@ class ApplyResult:
 class Dataplane(Protocol):
     def dump(self) -> Mapping[RouteKey, Address]:
         """Every owned route now in the kernel -> next hop; a host route is keyed by
-        its address, any other prefix by itself (:func:`meshroute.model.route_key`)."""
+        its address, any other prefix by itself (:func:`meshroute.core.model.route_key`)."""
 
     def apply(self, replace: Iterable[Route], delete: Iterable[Network]) -> ApplyResult:
         """Replace (add or change) and delete owned routes, in batches."""

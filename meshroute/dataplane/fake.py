@@ -19,8 +19,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from meshroute.core.model import Address, Network, Route, RouteKey, route_key
 from meshroute.dataplane.base import ApplyResult
-from meshroute.model import Address, Network, Route, RouteKey, route_key
 
 
 @dataclass(frozen=True)

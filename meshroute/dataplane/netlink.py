@@ -3,7 +3,7 @@
 The stateful half: batching, retries, locking and which routes are ours. The bytes
 (messages, dump parsing, error acks, the socket itself) are in :mod:`.wire`.
 
-Memory: the dump is keyed by address for host routes (:func:`meshroute.model.
+Memory: the dump is keyed by address for host routes (:func:`meshroute.core.model.
 route_key`) and handed over as it is; the only state kept here is the *set* of
 owned keys (the same objects the caller's mirror holds), not a second map of
 prefixes: at 100,000 routes a prefix-keyed copy cost ~50 MiB (docs/performance.md).
@@ -50,9 +50,9 @@ from collections.abc import Iterable, Mapping
 
 import tenacity
 
+from meshroute.core.model import Address, Network, Route, RouteKey, route_key
 from meshroute.dataplane import wire
 from meshroute.dataplane.base import ApplyResult
-from meshroute.model import Address, Network, Route, RouteKey, route_key
 
 log = logging.getLogger(__name__)
 

@@ -46,7 +46,7 @@ from pyroute2.netlink import (
 )
 from pyroute2.netlink.rtnl import RTM_DELROUTE, RTM_GETROUTE, RTM_NEWROUTE
 
-from meshroute.model import Address, Network, RouteKey
+from meshroute.core.model import Address, Network, RouteKey
 
 NETLINK_CAP_ACK = 10  # errors echo only the request header (not in pyroute2 0.9)
 SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33  # root may exceed net.core.[rw]mem_max

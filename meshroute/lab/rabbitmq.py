@@ -47,8 +47,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from meshroute.broker_defs import Permissions, agent_permissions
-from meshroute.broker_defs import password_hash as _password_hash
+from meshroute.bus.definitions import Permissions, agent_permissions
+from meshroute.bus.definitions import password_hash as _password_hash
 
 log = logging.getLogger(__name__)
 

@@ -35,8 +35,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from meshroute.model import MAX_COMMON_NAME as MAX_COMMON_NAME  # one limit, bus and hooks
-from meshroute.model import Address, Network, route_key
+from meshroute.core.model import MAX_COMMON_NAME as MAX_COMMON_NAME  # one limit, bus and hooks
+from meshroute.core.model import Address, Network, route_key
 
 HOOK_PROTOCOL_VERSION = 1
 MAX_DATAGRAM = 4096

@@ -4,7 +4,7 @@ OpenVPN runs this synchronously for every learn-address, client-connect and
 client-disconnect; while it runs the server moves no packets for anyone. So:
 
 - It imports only the stdlib modules below (no click, pika, pyroute2, ipaddress, not
-  even :mod:`meshroute.model`); ``meshroute.entry`` routes ``hook`` here before click.
+  even :mod:`meshroute.core.model`); ``meshroute.entry`` routes ``hook`` here before click.
 - It sends ONE non-blocking ``AF_UNIX``/``SOCK_DGRAM`` datagram (see
   :mod:`meshroute.openvpn.events` for the format) and never waits for an answer.
 - It ALWAYS exits 0: when the agent is down, the socket is missing or full, the

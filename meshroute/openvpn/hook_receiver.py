@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from meshroute.core.telemetry import LogBudget
 from meshroute.openvpn.events import (
     MAX_DATAGRAM,
     HookEvent,
@@ -37,7 +38,6 @@ from meshroute.openvpn.events import (
     bad_reason,
     parse_hook_datagram,
 )
-from meshroute.telemetry import LogBudget
 
 log = logging.getLogger(__name__)
 

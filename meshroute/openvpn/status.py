@@ -15,7 +15,7 @@ Invariants:
 
 - Only "Common Name", "Real Address", "Virtual Address" and "Connected Since
   (time_t)" are required columns; the rest are used when present.
-- A common name longer than the bus allows (``meshroute.codec.MAX_COMMON_NAME``) or
+- A common name longer than the bus allows (``meshroute.core.codec.MAX_COMMON_NAME``) or
   with control characters is a problem of its row, not a session: one bad name must
   never reach a snapshot, where every peer would refuse the whole snapshot.
 - A row that is still authenticating (common name ``UNDEF``, or no virtual address
@@ -42,7 +42,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshroute.model import MAX_COMMON_NAME, Network, route_key
+from meshroute.core.model import MAX_COMMON_NAME, Network, route_key
 
 COMMON_NAME = "Common Name"
 REAL_ADDRESS = "Real Address"

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from meshroute.model import Address, Network
+from meshroute.core.model import Address, Network
 
 HOP4 = ipaddress.IPv4Address("192.0.2.2")
 HOP6 = ipaddress.IPv6Address("2001:db8::2")

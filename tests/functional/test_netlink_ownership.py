@@ -11,8 +11,8 @@ from collections.abc import Iterator, Mapping
 
 import pytest
 
+from meshroute.core.model import Address, Network, Route
 from meshroute.dataplane.netlink import NetlinkDataplane
-from meshroute.model import Address, Network, Route
 from tests.fakes import by_prefix
 from tests.functional.conftest import HOP4, HOP6, Netns
 
@@ -31,7 +31,7 @@ def dataplane(netns: Netns) -> Iterator[NetlinkDataplane]:
 def diff(
     desired: Mapping[Network, Address], kernel: Mapping[Network, Address]
 ) -> tuple[list[Route], list[Network]]:
-    """A local stand-in for meshroute.reconcile: what to replace and what to delete."""
+    """A local stand-in for meshroute.core.reconcile: what to replace and what to delete."""
     replace = [Route(p, hop) for p, hop in desired.items() if kernel.get(p) != hop]
     return replace, [p for p in kernel if p not in desired]
 

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from meshroute.core.model import Route
 from meshroute.dataplane.netlink import NetlinkDataplane
-from meshroute.model import Route
 from tests.fakes import by_prefix
 from tests.functional.conftest import HOP4, HOP6, Netns
 

@@ -22,9 +22,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from meshroute import codec
 from meshroute.bus.amqp import AmqpBus
-from meshroute.model import ClaimRecord, Delta, Header, Heartbeat
+from meshroute.core import codec
+from meshroute.core.model import ClaimRecord, Delta, Header, Heartbeat
 from tests.fakes import poll
 from tests.integration.conftest import Broker, Recorder
 from tests.integration.mesh import FAST, REPO, AgentProc, Mesh, ip
@@ -44,7 +44,7 @@ SETTINGS = {
 # "classic"), so the broker keeps (and redelivers) what the agent did not ack.
 DURABLE_AGENT = """
 import sys
-from meshroute import daemon
+from meshroute.agent import daemon
 from meshroute.bus.amqp import AmqpBus, QueueSettings
 
 def make_bus(config, name):

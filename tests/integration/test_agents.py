@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import pika
 import pytest
 
-from meshroute import codec
-from meshroute.model import ClaimRecord, Delta, Header, parse_address
+from meshroute.core import codec
+from meshroute.core.model import ClaimRecord, Delta, Header, parse_address
 from tests.fakes import poll
 from tests.integration.conftest import Broker
 from tests.integration.mesh import Mesh, backbone, running_mesh

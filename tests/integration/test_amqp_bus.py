@@ -10,9 +10,9 @@ import pika.exceptions
 import pytest
 
 from meshroute.bus.amqp import AmqpBus, queue_name
-from meshroute.codec import decode, encode
+from meshroute.core.codec import decode, encode
+from meshroute.core.model import Goodbye, Header
 from meshroute.lab.rabbitmq import agent_permissions, free_port
-from meshroute.model import Goodbye, Header
 
 from .conftest import Recorder
 

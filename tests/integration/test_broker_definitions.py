@@ -27,7 +27,7 @@ import pika.exceptions
 import pytest
 
 from meshroute import __version__
-from meshroute.broker_defs import POLICY_NAME
+from meshroute.bus.definitions import POLICY_NAME
 from meshroute.lab.rabbitmq import RabbitNode, free_port
 from tests.fakes import poll
 from tests.integration.mesh import REPO, AgentProc, Mesh, backbone

@@ -16,9 +16,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from meshroute import codec
 from meshroute.bus.amqp import AmqpBus
-from meshroute.model import ClaimRecord, Delta, Header, Heartbeat, Snapshot
+from meshroute.core import codec
+from meshroute.core.model import ClaimRecord, Delta, Header, Heartbeat, Snapshot
 from tests.fakes import poll
 from tests.integration.conftest import Broker, Recorder
 from tests.integration.mesh import FAST, Mesh, backbone, running_mesh

@@ -2,7 +2,7 @@
 
 Three agents run in threads exactly as the daemon runs them; only the broker, the
 kernel, OpenVPN and time are stand-ins. Time is one shared
-:class:`~meshroute.clock.FakeClock`: it moves only in :meth:`Cluster.advance`,
+:class:`~meshroute.core.clock.FakeClock`: it moves only in :meth:`Cluster.advance`,
 which after each step waits until every agent has run a whole loop iteration and
 nothing is left in flight. So a hold time of 1 s costs no real second, and a
 busy machine cannot expire a peer (the clock waits for the slowest agent).
@@ -19,14 +19,14 @@ from collections.abc import Callable
 
 import pytest
 
-from meshroute.agent import Agent, LoopSettings
+from meshroute.agent.loop import Agent, LoopSettings
 from meshroute.bus.base import Envelope
 from meshroute.bus.memory import MemoryBroker, MemoryBus
-from meshroute.clock import FakeClock
-from meshroute.core import AgentCore, CoreSettings
+from meshroute.core.clock import FakeClock
+from meshroute.core.engine import AgentCore, CoreSettings
+from meshroute.core.local import Session
+from meshroute.core.model import Address
 from meshroute.dataplane.fake import FakeDataplane
-from meshroute.local import Session
-from meshroute.model import Address
 from meshroute.openvpn.events import HookEvent
 
 NETS = (ipaddress.ip_network("10.100.0.0/16"), ipaddress.ip_network("fd10::/64"))
@@ -307,7 +307,7 @@ def test_the_table_says_why_the_winner_won(cluster):
 
 def test_route_changes_are_named_and_a_burst_is_summarised(cluster, caplog):
     a, b = cluster.add("a").start(), cluster.add("b").start()
-    with caplog.at_level(logging.INFO, logger="meshroute.agent"):
+    with caplog.at_level(logging.INFO, logger="meshroute.agent.loop"):
         a.connect(CLIENT, "host2")
         cluster.until(lambda: b.route() == hop(1), within=1)
         assert f"route {CLIENT}: via {hop(1)} (client host2, owner a)" in caplog.text

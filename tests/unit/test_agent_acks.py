@@ -12,13 +12,13 @@ import ipaddress
 import time
 from collections.abc import Iterable
 
-from meshroute import codec
-from meshroute.agent import Agent, LoopSettings
+from meshroute.agent.loop import Agent, LoopSettings
 from meshroute.bus.base import Envelope
-from meshroute.clock import SystemClock
-from meshroute.core import AgentCore, CoreSettings
+from meshroute.core import codec
+from meshroute.core.clock import SystemClock
+from meshroute.core.engine import AgentCore, CoreSettings
+from meshroute.core.model import ClaimRecord, Delta, Header, Heartbeat, Network, Route
 from meshroute.dataplane.fake import FakeDataplane
-from meshroute.model import ClaimRecord, Delta, Header, Heartbeat, Network, Route
 
 HOP = ipaddress.ip_address("10.200.200.10")
 

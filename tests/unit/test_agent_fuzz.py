@@ -27,14 +27,22 @@ import os
 import random
 from typing import Any
 
-from meshroute import codec
-from meshroute.agent import Agent
+from meshroute.agent.loop import Agent
 from meshroute.bus.base import Envelope
 from meshroute.bus.memory import MemoryBroker, MemoryBus
-from meshroute.clock import FakeClock
-from meshroute.core import AgentCore, CoreSettings
+from meshroute.core import codec
+from meshroute.core.clock import FakeClock
+from meshroute.core.engine import AgentCore, CoreSettings
+from meshroute.core.model import (
+    ClaimRecord,
+    Delta,
+    Goodbye,
+    Header,
+    Heartbeat,
+    Snapshot,
+    SyncRequest,
+)
 from meshroute.dataplane.fake import FakeDataplane
-from meshroute.model import ClaimRecord, Delta, Goodbye, Header, Heartbeat, Snapshot, SyncRequest
 
 NETS = (ipaddress.ip_network("10.100.0.0/16"), ipaddress.ip_network("fd10::/64"))
 BACKBONE = (ipaddress.ip_network("10.200.0.0/24"), ipaddress.ip_network("fd20::/64"))
@@ -193,7 +201,7 @@ def _check(agent: Agent, kernel: FakeDataplane) -> None:
 
 
 def _digest(records) -> str:
-    from meshroute.claims import ClaimSet
+    from meshroute.core.claimset import ClaimSet
 
     claims = ClaimSet()
     for record in records:

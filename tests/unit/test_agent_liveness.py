@@ -12,10 +12,10 @@ import ipaddress
 import threading
 import time
 
-from meshroute.agent import Agent, LoopSettings
+from meshroute.agent.loop import Agent, LoopSettings
 from meshroute.bus.memory import MemoryBroker, MemoryBus
-from meshroute.clock import SystemClock
-from meshroute.core import AgentCore, CoreSettings
+from meshroute.core.clock import SystemClock
+from meshroute.core.engine import AgentCore, CoreSettings
 from meshroute.dataplane.fake import FakeDataplane
 from tests.fakes import poll
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from meshroute.netinfo import backbone_warnings, read_openvpn_backbone
+from meshroute.dataplane.netinfo import backbone_warnings, read_openvpn_backbone
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "backbone"
 

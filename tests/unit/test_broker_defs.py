@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from meshroute.broker_defs import (
+from meshroute.bus.definitions import (
     Credential,
     DefinitionsError,
     credentials,

@@ -10,13 +10,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meshroute.codec import (
+from meshroute.core.codec import (
     MAX_BODY_BYTES,
     CodecError,
     decode,
     encode,
 )
-from meshroute.model import (
+from meshroute.core.model import (
     ClaimRecord,
     Delta,
     Goodbye,

@@ -9,7 +9,7 @@ from ipaddress import IPv4Address, IPv6Address, ip_network
 
 import pytest
 
-from meshroute.config import (
+from meshroute.config.schema import (
     Config,
     ConfigError,
     HostPort,

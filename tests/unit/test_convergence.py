@@ -44,8 +44,8 @@ from hypothesis.stateful import (
     rule,
 )
 
-from meshroute import subnets
-from meshroute.model import route_key
+from meshroute.core import subnets
+from meshroute.core.model import route_key
 from tests.sim import CLIENT_NETS, ROUTED_NETS, World
 
 # Few clients, so that sessions of one address often compete. Subnets behind clients

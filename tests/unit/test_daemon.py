@@ -15,16 +15,23 @@ import urllib.request
 
 import pytest
 
-from meshroute import __version__, metrics
-from meshroute.agent import Agent, LoopSettings
+from meshroute import __version__
+from meshroute.agent import metrics
+from meshroute.agent.daemon import (
+    _exit_code,
+    _install_signals,
+    _reloader,
+    control_answer,
+    core_settings,
+)
+from meshroute.agent.loop import Agent, LoopSettings
+from meshroute.agent.metrics import AgentCollector, serve_metrics
 from meshroute.bus.memory import MemoryBroker, MemoryBus
-from meshroute.clock import FakeClock, SystemClock
-from meshroute.config import load_config
-from meshroute.core import AgentCore, CoreSettings
-from meshroute.daemon import _exit_code, _install_signals, _reloader, control_answer, core_settings
+from meshroute.config.schema import load_config
+from meshroute.core.clock import FakeClock, SystemClock
+from meshroute.core.engine import AgentCore, CoreSettings
 from meshroute.dataplane.fake import FakeDataplane
-from meshroute.metrics import AgentCollector, serve_metrics
-from meshroute.netinfo import resolve_defaults
+from meshroute.dataplane.netinfo import resolve_defaults
 
 CONF = """name = vpnsrvA
 next_hop = 10.200.200.1
@@ -238,7 +245,7 @@ def test_the_dashboard_queries_only_metrics_that_exist(running):
 
 def test_scrapes_never_fail_while_peers_churn(running):
     """5 of 3,000 scrapes failed when the collector iterated the live table."""
-    from meshroute.claims import PeerView
+    from meshroute.core.claimset import PeerView
 
     table = running.core.table
     stop = threading.Event()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from meshroute.config import load_config
+from meshroute.config.schema import load_config
 from meshroute.lab.rabbitmq import agent_permissions
 from meshroute.openvpn import hook
 

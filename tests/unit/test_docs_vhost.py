@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from meshroute.broker_defs import definitions
+from meshroute.bus.definitions import definitions
 
 REPO = Path(__file__).resolve().parents[1].parent
 SETUP = REPO / "deploy" / "rabbitmq" / "setup-agent-user.sh"

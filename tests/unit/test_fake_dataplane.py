@@ -6,8 +6,8 @@ import ipaddress
 
 import pytest
 
+from meshroute.core.model import Route
 from meshroute.dataplane.fake import FakeDataplane, ForeignRoute
-from meshroute.model import Route
 from tests.fakes import by_prefix
 
 NET = ipaddress.ip_network

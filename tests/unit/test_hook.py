@@ -137,7 +137,7 @@ def test_hook_imports_nothing_heavy(tmp_path: Path) -> None:
     assert not {"click", "pika", "pyroute2"} & loaded
     # ipaddress may come with the interpreter (the editable install's finder); the hook
     # itself must not add it, nor logging, dataclasses or the rest of meshroute.
-    assert not {"ipaddress", "logging", "dataclasses", "meshroute.model"} & added
+    assert not {"ipaddress", "logging", "dataclasses", "meshroute.core.model"} & added
     assert not {"json", "socket", "typing", "collections.abc"} & added  # ~10 ms under -S
     assert {m for m in added if m.startswith("meshroute")} == {
         "meshroute",
@@ -328,7 +328,7 @@ def test_receiver_close_is_prompt_and_idempotent(tmp_path: Path) -> None:
 
 
 def test_the_hook_and_the_bus_share_one_common_name_limit() -> None:
-    from meshroute.codec import MAX_COMMON_NAME
+    from meshroute.core.codec import MAX_COMMON_NAME
 
     def datagram(cn: str) -> bytes:
         return encode_json(build_event(["learn-address", "add", "10.8.0.6", cn], {}, 1))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from meshroute.incarnation import next_epoch
+from meshroute.agent.incarnation import next_epoch
 
 
 def test_epoch_follows_the_wall_clock_and_never_goes_back(tmp_path):
@@ -31,8 +31,8 @@ def test_an_unwritable_place_falls_back_to_the_wall_clock(tmp_path):
 def test_own_claims_are_kept_across_a_restart(tmp_path):
     import ipaddress
 
-    from meshroute.incarnation import load_claims, save_claims
-    from meshroute.model import ClaimRecord
+    from meshroute.agent.incarnation import load_claims, save_claims
+    from meshroute.core.model import ClaimRecord
 
     records = [
         ClaimRecord(ipaddress.ip_address("10.100.0.7"), "alice", 1_800_000_000, 1_800_000_000_123),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from meshroute.config import load_config
+from meshroute.config.schema import load_config
 from meshroute.lab import topology as topo
 from meshroute.lab.files import AgentTimings, LabPaths, write_agent, write_client, write_server
 from meshroute.lab.observe import expected_routes

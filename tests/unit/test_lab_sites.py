@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from meshroute.config import load_config
+from meshroute.config.schema import load_config
 from meshroute.lab.files import AgentTimings, LabPaths, write_agent, write_server
 from meshroute.lab.observe import expected_routes
 from meshroute.lab.sites import SITES4, SITES6, agent_lines, site_plans

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 
-from meshroute.local import LEARN_ADDRESS, LocalClaims, Session
-from meshroute.model import ClaimRecord, Header, Snapshot
-from meshroute.state import ClaimTable
+from meshroute.core.local import LEARN_ADDRESS, LocalClaims, Session
+from meshroute.core.model import ClaimRecord, Header, Snapshot
+from meshroute.core.table import ClaimTable
 
 A = ipaddress.ip_address("10.100.0.5")
 NETS = (ipaddress.ip_network("10.100.0.0/16"),)

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from meshroute.config import load_config
-from meshroute.daemon import EXIT_CONFIG, EXIT_NOPERM, main
-from meshroute.logformat import JournalFormatter, JsonFormatter, default_format
-from meshroute.sdnotify import Notifier, Watchdog
+from meshroute.agent.daemon import EXIT_CONFIG, EXIT_NOPERM, main
+from meshroute.agent.logformat import JournalFormatter, JsonFormatter, default_format
+from meshroute.agent.sdnotify import Notifier, Watchdog
+from meshroute.config.schema import load_config
 
 
 @pytest.fixture
@@ -54,12 +54,12 @@ def test_without_notify_socket_nothing_is_sent() -> None:
 
 def test_journal_lines_carry_the_syslog_priority() -> None:
     def line(level: int, msg: str) -> str:
-        record = logging.LogRecord("meshroute.agent", level, __file__, 1, msg, (), None)
+        record = logging.LogRecord("meshroute.agent.loop", level, __file__, 1, msg, (), None)
         return JournalFormatter().format(record)
 
-    assert line(logging.ERROR, "x") == "<3>meshroute.agent: x"
+    assert line(logging.ERROR, "x") == "<3>meshroute.agent.loop: x"
     assert line(logging.WARNING, "x").startswith("<4>")
-    assert line(logging.INFO, "two\nlines") == "<6>meshroute.agent: two | lines"
+    assert line(logging.INFO, "two\nlines") == "<6>meshroute.agent.loop: two | lines"
     assert line(logging.DEBUG, "x").startswith("<7>")
 
 
@@ -67,10 +67,14 @@ def test_json_lines_are_one_object_each() -> None:
     import json
 
     record = logging.LogRecord(
-        "meshroute.agent", logging.WARNING, __file__, 1, "a %s", ("b",), None
+        "meshroute.agent.loop", logging.WARNING, __file__, 1, "a %s", ("b",), None
     )
     obj = json.loads(JsonFormatter().format(record))
-    assert (obj["level"], obj["logger"], obj["message"]) == ("warning", "meshroute.agent", "a b")
+    assert (obj["level"], obj["logger"], obj["message"]) == (
+        "warning",
+        "meshroute.agent.loop",
+        "a b",
+    )
 
 
 def test_journal_is_the_default_under_systemd() -> None:
@@ -120,7 +124,7 @@ def test_an_unreadable_config_exits_77(shared: Path) -> None:
     conf.chmod(0o600)
     user = nobody()
     code = (
-        "import sys, os, pwd, grp; from meshroute.daemon import main; "
+        "import sys, os, pwd, grp; from meshroute.agent.daemon import main; "
         f"os.setgid({user.pw_gid}); os.setuid({user.pw_uid}); sys.exit(main(sys.argv[1]))"
     )
     done = subprocess.run([sys.executable, "-c", code, str(conf)], capture_output=True,
@@ -139,7 +143,7 @@ def test_an_unreadable_password_file_exits_77_as_the_agents_user(shared: Path) -
     conf.chmod(0o644)
     user = nobody()
     code = (
-        "import sys, os, pwd, grp; from meshroute.daemon import main; "
+        "import sys, os, pwd, grp; from meshroute.agent.daemon import main; "
         f"os.setgid({user.pw_gid}); os.setuid({user.pw_uid}); sys.exit(main(sys.argv[1]))"
     )
     done = subprocess.run([sys.executable, "-c", code, str(conf)], capture_output=True,

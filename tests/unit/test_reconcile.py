@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 
+from meshroute.core.model import Route
+from meshroute.core.reconcile import Plan, RouteSync, diff
 from meshroute.dataplane.fake import FakeDataplane
-from meshroute.model import Route
-from meshroute.reconcile import Plan, RouteSync, diff
 
 A = ipaddress.ip_address("10.100.0.5")
 B = ipaddress.ip_address("10.100.0.6")

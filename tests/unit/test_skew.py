@@ -10,11 +10,11 @@ from __future__ import annotations
 import ipaddress
 import json
 
-from meshroute import codec
-from meshroute.core import AgentCore, CoreSettings
-from meshroute.hlc import HybridClock, OffsetEstimate
-from meshroute.local import Session
-from meshroute.model import ClaimRecord, Delta, Goodbye, Header, Snapshot
+from meshroute.core import codec
+from meshroute.core.engine import AgentCore, CoreSettings
+from meshroute.core.hlc import HybridClock, OffsetEstimate
+from meshroute.core.local import Session
+from meshroute.core.model import ClaimRecord, Delta, Goodbye, Header, Snapshot
 
 NETS = (ipaddress.ip_network("10.100.0.0/16"), ipaddress.ip_network("fd10::/64"))
 CLIENT = ipaddress.ip_address("10.100.0.7")

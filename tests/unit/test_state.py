@@ -7,9 +7,17 @@ import ipaddress
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshroute.claims import ClaimSet
-from meshroute.model import ClaimRecord, Delta, Goodbye, Header, Heartbeat, Snapshot, SyncRequest
-from meshroute.state import ClaimTable
+from meshroute.core.claimset import ClaimSet
+from meshroute.core.model import (
+    ClaimRecord,
+    Delta,
+    Goodbye,
+    Header,
+    Heartbeat,
+    Snapshot,
+    SyncRequest,
+)
+from meshroute.core.table import ClaimTable
 
 A = ipaddress.ip_address("10.100.0.5")
 B = ipaddress.ip_address("10.100.0.6")

@@ -166,7 +166,7 @@ def test_a_bad_last_ref_is_a_problem_and_loses_nothing_else() -> None:
 
 def test_a_common_name_longer_than_the_bus_allows_is_a_row_problem() -> None:
     """One long name must not reach a snapshot (every peer would refuse it whole)."""
-    from meshroute.codec import MAX_COMMON_NAME
+    from meshroute.core.codec import MAX_COMMON_NAME
 
     head = (
         "HEADER\tCLIENT_LIST\tCommon Name\tReal Address\tVirtual Address\tConnected Since (time_t)"

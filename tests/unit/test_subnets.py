@@ -7,13 +7,13 @@ import json
 
 import pytest
 
-from meshroute import subnets
-from meshroute.codec import CodecError, decode, encode
-from meshroute.model import ClaimRecord, Delta, Header, Heartbeat, Snapshot, parse_destination
+from meshroute.core import subnets
+from meshroute.core.codec import CodecError, decode, encode
+from meshroute.core.model import ClaimRecord, Delta, Header, Heartbeat, Snapshot, parse_destination
+from meshroute.core.reconcile import RouteSync
+from meshroute.core.table import ClaimTable
 from meshroute.openvpn.events import parse_hook_datagram
 from meshroute.openvpn.status import parse_status, routed_subnets
-from meshroute.reconcile import RouteSync
-from meshroute.state import ClaimTable
 
 net = ipaddress.ip_network
 ip = ipaddress.ip_address
@@ -119,7 +119,7 @@ def test_decode_refuses_a_bad_subnet_digest():
 
 def test_an_agent_before_subnets_reads_none_as_a_host(monkeypatch):
     """The older decoder: no ``subnets`` field known; ``address`` a bare host only."""
-    from meshroute import codec
+    from meshroute.core import codec
 
     snapshot = Snapshot(Header("x", 1, 2), HOP_X, None, (rec(HOST, "c1"), rec(SITE)))
     monkeypatch.setattr(codec, "_destination", codec._address)  # the v1 delta rule
@@ -307,7 +307,7 @@ def test_status_lists_the_iroute_subnet_with_its_client_session():
 
 
 def test_a_router_disconnecting_takes_its_subnets_with_it_at_once():
-    from meshroute.local import LocalClaims
+    from meshroute.core.local import LocalClaims
 
     t = table()
     local = LocalClaims(t, started_ms=0)
@@ -323,7 +323,7 @@ def test_a_router_disconnecting_takes_its_subnets_with_it_at_once():
 
 
 def test_routed_networks_config_default_overlap_warning_and_bad_value() -> None:
-    from meshroute.config import ConfigError, load_config
+    from meshroute.config.schema import ConfigError, load_config
 
     assert load_config(None, {}, {"client_networks": "10.100.0.0/16"}).config.routed_networks == ()
     loaded = load_config(
@@ -338,7 +338,7 @@ def test_routed_networks_config_default_overlap_warning_and_bad_value() -> None:
 
 
 def test_a_reload_that_narrows_routed_networks_withdraws_our_own_subnet() -> None:
-    from meshroute.core import AgentCore, CoreSettings
+    from meshroute.core.engine import AgentCore, CoreSettings
 
     settings = CoreSettings(name="me", client_networks=CLIENTS, routed_networks=ROUTED)
     core = AgentCore(settings, epoch=1, wall_clock=lambda: 1_700_000_000_000)
@@ -356,7 +356,7 @@ def test_a_reload_that_narrows_routed_networks_withdraws_our_own_subnet() -> Non
 def test_the_state_file_keeps_subnet_claims_across_a_restart(tmp_path) -> None:
     """Restart without flaps: our own subnet claims keep their stamps, and one subnet
     must not make the whole file unreadable (the host claims' stamps with it)."""
-    from meshroute.incarnation import load_claims, save_claims
+    from meshroute.agent.incarnation import load_claims, save_claims
 
     records = [rec(HOST, "c1"), rec(SITE), rec(SITE6)]
     save_claims(tmp_path, "s1", records)

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from meshroute.local import Session
+from meshroute.core.local import Session
 from meshroute.openvpn.events import HookEvent
 from tests.unit.test_agent import Cluster, hop
 

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from meshroute.daemon import EXIT_CONFIG, EXIT_NOPERM, EXIT_RESTART
+from meshroute.agent.daemon import EXIT_CONFIG, EXIT_NOPERM, EXIT_RESTART
 
 UNIT = Path(__file__).parents[2] / "deploy" / "systemd" / "meshroute-agent.service"
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 
-from meshroute.agent import Agent
+from meshroute.agent.loop import Agent
+from meshroute.agent.views import health_view, peers_view
 from meshroute.bus.memory import MemoryBroker, MemoryBus
-from meshroute.clock import FakeClock
-from meshroute.core import AgentCore, CoreSettings
+from meshroute.core.clock import FakeClock
+from meshroute.core.engine import AgentCore, CoreSettings
+from meshroute.core.model import Header, Heartbeat
 from meshroute.dataplane.fake import FakeDataplane
-from meshroute.model import Header, Heartbeat
-from meshroute.views import health_view, peers_view
 
 NETS = (ipaddress.ip_network("10.100.0.0/16"),)
 

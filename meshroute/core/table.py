@@ -28,13 +28,13 @@ Invariants:
   dead peer from its own deafness, so it expires nobody (DESIGN rule 6).
 - **Subnets.** A subnet claim (OpenVPN ``iroute``, keyed by its network) follows
   exactly the rules of a host claim: same winner rule, versions, liveness and
-  freeze. It is admitted only within the bounds of :mod:`meshroute.subnets`
+  freeze. It is admitted only within the bounds of :mod:`meshroute.core.subnets`
   (inside ``routed_networks``, which is empty by default: no subnet at all), and
   a subnet route that would cover a next hop is never wanted, whenever that hop
   was announced. Subnets of different lengths are different keys: both routes are
   wanted and the kernel picks the longest match.
 - **Trust nothing.** Claims outside ``client_networks``, past the per-peer cap, or
-  stamped further ahead than the clock bound (:mod:`meshroute.hlc`) are refused and
+  stamped further ahead than the clock bound (:mod:`meshroute.core.hlc`) are refused and
   counted by reason; they never take part in winners or routes (they are kept apart,
   bounded, only so that the peer's heartbeat digest can still be checked and a
   config change can admit them). Epochs too far ahead refuse the whole message. A
@@ -58,10 +58,10 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from typing import TypeAlias
 
-from meshroute import subnets
-from meshroute.claims import ClaimSet, PeerView
-from meshroute.hlc import HybridClock
-from meshroute.model import (
+from meshroute.core import subnets
+from meshroute.core.claimset import ClaimSet, PeerView
+from meshroute.core.hlc import HybridClock
+from meshroute.core.model import (
     Address,
     Claim,
     ClaimRecord,
@@ -447,7 +447,7 @@ class ClaimTable:
         return any(address in net for net in self.client_networks)
 
     def subnet_problem(self, subnet: Network) -> str | None:
-        """Why a subnet may not be routed here (:mod:`meshroute.subnets`), or None."""
+        """Why a subnet may not be routed here (:mod:`meshroute.core.subnets`), or None."""
         return subnets.subnet_problem(
             subnet,
             routed=self.routed_networks,

@@ -2,8 +2,8 @@
 
 Each reader turns one source into raw text per key, with where it was set
 (``file:line``, ``environment MESHROUTE_<KEY>`` or ``override``); parsing the text is
-:mod:`meshroute.config`'s job. The keys are passed in (``keys``) so this module does
-not depend on :class:`~meshroute.config.Config`.
+:mod:`meshroute.config.schema`'s job. The keys are passed in (``keys``) so this module does
+not depend on :class:`~meshroute.config.schema.Config`.
 
 Invariants:
 

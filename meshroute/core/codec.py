@@ -29,7 +29,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from meshroute.model import (
+from meshroute.core.model import (
     MAX_COMMON_NAME,
     PROTOCOL_VERSION,
     Address,

@@ -36,17 +36,17 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from meshroute import codec
+from meshroute.agent.views import health_view, peers_view, table_view
 from meshroute.bus.base import Bus, Envelope
-from meshroute.clock import Clock
-from meshroute.core import AgentCore, CoreSettings
+from meshroute.core import codec
+from meshroute.core.clock import Clock
+from meshroute.core.engine import AgentCore, CoreSettings
+from meshroute.core.local import CLIENT_CONNECT, LEARN_ADDRESS, Session
+from meshroute.core.model import Address, ClaimRecord, RouteKey
+from meshroute.core.reconcile import Plan, Reconciler, RouteSync
+from meshroute.core.telemetry import Histogram, LogBudget, PeerHistory
 from meshroute.dataplane.base import Dataplane
-from meshroute.local import CLIENT_CONNECT, LEARN_ADDRESS, Session
-from meshroute.model import Address, ClaimRecord, RouteKey
 from meshroute.openvpn.events import HookEvent
-from meshroute.reconcile import Plan, Reconciler, RouteSync
-from meshroute.telemetry import Histogram, LogBudget, PeerHistory
-from meshroute.views import health_view, peers_view, table_view
 
 if TYPE_CHECKING:
     from meshroute.openvpn.hook_receiver import HookStats
@@ -155,7 +155,7 @@ class Agent:
         self.clock = clock
         self.settings = settings or LoopSettings()
         self.reconciler = Reconciler(self.settings.resync_interval)
-        # Our own claims are kept (meshroute.incarnation) when they changed, at most
+        # Our own claims are kept (meshroute.agent.incarnation) when they changed, at most
         # every KEEP_INTERVAL and at the stop, for the stamps a restart should reuse.
         self._keep_claims = keep_claims
         self._kept_digest: str | None = None

@@ -38,11 +38,11 @@ from prometheus_client.core import (
 )
 
 from meshroute import __version__
-from meshroute.telemetry import HistogramSnapshot, PeerRecord
-from meshroute.views import hook_counters, record_peers
+from meshroute.agent.views import hook_counters, record_peers
+from meshroute.core.telemetry import HistogramSnapshot, PeerRecord
 
 if TYPE_CHECKING:
-    from meshroute.agent import Agent
+    from meshroute.agent.loop import Agent
 
 SNAPSHOT_TIMEOUT = 2.0
 _ = PLATFORM_COLLECTOR  # the global one is not used: each registry gets its own

@@ -22,7 +22,7 @@ them. SIGHUP re-reads the config and applies what can change without a restart
 changes are logged as needing a restart.
 
 Under systemd (``Type=notify``) the agent sends READY=1 once it is connected and
-synced, WATCHDOG=1 from its loop and a STATUS= line (:mod:`meshroute.sdnotify`).
+synced, WATCHDOG=1 from its loop and a STATUS= line (:mod:`meshroute.agent.sdnotify`).
 
 Exit codes: 0 stopped; 75 stopped for a restart; 2 bad usage or an interface not
 found (may come later: retried); 77 permission denied (a file or socket the agent's
@@ -43,17 +43,17 @@ import time
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
-from meshroute.access import current_user, unreadable
-from meshroute.agent import Agent, LoopSettings
-from meshroute.clock import SystemClock
-from meshroute.config import Config, ConfigError, HostPort, load_config
-from meshroute.core import AgentCore, CoreSettings
-from meshroute.incarnation import load_claims, next_epoch, save_claims
-from meshroute.local import Session
-from meshroute.logformat import default_format, reconfigure_logging
-from meshroute.logformat import setup_logging as _setup_logging
-from meshroute.model import Address
-from meshroute.netinfo import InterfaceError, Resolved, resolve_defaults
+from meshroute.agent.incarnation import load_claims, next_epoch, save_claims
+from meshroute.agent.logformat import default_format, reconfigure_logging
+from meshroute.agent.logformat import setup_logging as _setup_logging
+from meshroute.agent.loop import Agent, LoopSettings
+from meshroute.config.access import current_user, unreadable
+from meshroute.config.schema import Config, ConfigError, HostPort, load_config
+from meshroute.core.clock import SystemClock
+from meshroute.core.engine import AgentCore, CoreSettings
+from meshroute.core.local import Session
+from meshroute.core.model import Address
+from meshroute.dataplane.netinfo import InterfaceError, Resolved, resolve_defaults
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ def loop_settings(config: Config) -> LoopSettings:
 def status_source(config: Config, timings=None):
     """A callable that asks OpenVPN for ``status 3`` and returns the sessions.
 
-    ``timings`` (a :class:`meshroute.telemetry.Histogram`) gets each poll's duration;
+    ``timings`` (a :class:`meshroute.core.telemetry.Histogram`) gets each poll's duration;
     it is written by the poller thread only."""
     from meshroute.openvpn.mgmt import (
         ManagementClient,
@@ -237,8 +237,8 @@ def run(
     config_path: str | None,
     log_level: str | None,
 ) -> int:
+    from meshroute.agent.sdnotify import Notifier, Watchdog
     from meshroute.dataplane.netlink import NetlinkDataplane
-    from meshroute.sdnotify import Notifier, Watchdog
 
     clock = SystemClock()
     epoch = next_epoch(config.state_dir, clock.wall_ms(), config.name)
@@ -276,7 +276,7 @@ def _serve_metrics(config: Config, agent: Agent) -> None:
     endpoint = config.metrics_endpoint()
     if endpoint is None:
         return
-    from meshroute.metrics import serve_metrics
+    from meshroute.agent.metrics import serve_metrics
 
     try:
         serve_metrics(agent, endpoint.host, endpoint.port)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 
-from meshroute.config import Config, ConfigError, load_config
+from meshroute.config.schema import Config, ConfigError, load_config
 
 # Files read after start, as the agent's user.
 READ_FILES = ("openvpn_mgmt_pass_file", "tls_ca_file", "tls_cert_file", "tls_key_file")

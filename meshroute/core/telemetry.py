@@ -5,7 +5,7 @@ Invariants:
 - Everything here is written by the agent's own thread only. Readers on other
   threads (the metrics endpoint) never iterate these objects: they take a
   :meth:`Histogram.snapshot` / :meth:`PeerHistory.rows` copy on the agent thread
-  (see :mod:`meshroute.metrics`), so a scrape never sees a dict change under it.
+  (see :mod:`meshroute.agent.metrics`), so a scrape never sees a dict change under it.
 - :class:`PeerHistory` never forgets a peer it has seen: a peer that said goodbye or
   expired stays, marked down, with the wall time it was last heard.
 - :class:`LogBudget` bounds how many lines one kind of event may write per window;

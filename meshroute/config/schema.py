@@ -4,8 +4,8 @@ The file format is cube-routed's (the article's Listing 4): ``key = value`` line
 section header, whole-line ``#`` comments and blank lines. Every key is a field of
 :class:`Config`, typed, defaulted and documented once in the field's metadata
 (``doc``); ``docs/configuration.md`` and ``meshroute check`` reuse those texts.
-Each key's parser lives in :mod:`meshroute.config_values`; reading the file, the
-environment and the overrides in :mod:`meshroute.config_file`. This module layers the
+Each key's parser lives in :mod:`meshroute.config.values`; reading the file, the
+environment and the overrides in :mod:`meshroute.config.sources`. This module layers the
 sources, names where each problem was found, checks keys against each other and
 writes the config back out.
 
@@ -33,11 +33,11 @@ from dataclasses import dataclass, field, fields, replace
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
-from meshroute.config_file import ENV_PREFIX as ENV_PREFIX  # re-exported: was defined here
-from meshroute.config_file import LEGACY_KEYS as LEGACY_KEYS  # re-exported, likewise
-from meshroute.config_file import Raw, read_env, read_file, read_overrides
-from meshroute.config_file import suggest_key as _suggest_key
-from meshroute.config_values import (
+from meshroute.config.sources import ENV_PREFIX as ENV_PREFIX  # re-exported: was defined here
+from meshroute.config.sources import LEGACY_KEYS as LEGACY_KEYS  # re-exported, likewise
+from meshroute.config.sources import Raw, read_env, read_file, read_overrides
+from meshroute.config.sources import suggest_key as _suggest_key
+from meshroute.config.values import (
     COUNT,
     DURATION,
     DURATION_OR_ZERO,
@@ -68,7 +68,7 @@ from meshroute.config_values import (
     redact_url,
     show_float,
 )
-from meshroute.model import Network
+from meshroute.core.model import Network
 
 
 class ConfigError(Exception):
@@ -487,7 +487,7 @@ def check_command(path: str, as_json: bool, backbone_openvpn: str | None = None)
         return 2
     warnings = list(loaded.warnings)
     if backbone_openvpn:
-        from meshroute import netinfo
+        from meshroute.dataplane import netinfo
 
         try:
             backbone = netinfo.read_openvpn_backbone(backbone_openvpn)

@@ -1,6 +1,6 @@
 """What the CLI sees of a running agent: the table, the peers and the health (JSON-ready).
 
-Built on the agent's own thread (see :meth:`meshroute.agent.Agent.query`), so each
+Built on the agent's own thread (see :meth:`meshroute.agent.loop.Agent.query`), so each
 view is one consistent moment. Field names are part of the CLI's ``--json``
 contract (documented in docs/cli.md): add fields, never rename or retype them; a
 change that breaks readers bumps ``SCHEMA``.
@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from meshroute.model import ClaimRecord, RouteKey, address_key
+from meshroute.core.model import ClaimRecord, RouteKey, address_key
 
 if TYPE_CHECKING:
-    from meshroute.agent import Agent
+    from meshroute.agent.loop import Agent
 
 SCHEMA = 1
 

@@ -10,8 +10,8 @@ costs a small plan. The mirror is only trusted between full resyncs: a failed
 route (after a short delay) or the resync timer makes the next plan a full one
 from a fresh kernel dump.
 
-Routes are named by their :data:`~meshroute.model.RouteKey` here (``key -> next
-hop``, the claims' own objects, as :meth:`~meshroute.state.ClaimTable.desired_hops`
+Routes are named by their :data:`~meshroute.core.model.RouteKey` here (``key -> next
+hop``, the claims' own objects, as :meth:`~meshroute.core.table.ClaimTable.desired_hops`
 gives them): a host route by its client address, a subnet route by its network.
 Hashing an address is cheaper than hashing a prefix, and an ``IPv4Network`` costs
 ~500 bytes where the mirror of 100,000 host routes must stay small. Host prefixes
@@ -27,7 +27,7 @@ until the agent knows enough to decide. ``keep`` narrows deletes further, by nex
 hop: a route toward a peer whose current state has not arrived yet (it restarted
 at the same time as us) is kept, neither deleted nor moved to another next hop,
 unless its address is now one of our own clients
-(:meth:`meshroute.core.AgentCore.keeps_route`).
+(:meth:`meshroute.core.engine.AgentCore.keeps_route`).
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
 from typing import TYPE_CHECKING
 
-from meshroute.model import Address, Network, Route, RouteKey, route_key, route_prefix
+from meshroute.core.model import Address, Network, Route, RouteKey, route_key, route_prefix
 
 if TYPE_CHECKING:
-    from meshroute.core import AgentCore
+    from meshroute.core.engine import AgentCore
 
 
 @dataclass(frozen=True, slots=True)

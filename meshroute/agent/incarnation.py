@@ -21,7 +21,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from meshroute.model import ClaimRecord, parse_destination
+from meshroute.core.model import ClaimRecord, parse_destination
 
 log = logging.getLogger(__name__)
 

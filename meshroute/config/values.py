@@ -1,12 +1,12 @@
 """Config value kinds: parse a key's text into a typed value, and show it back.
 
 Each :class:`Kind` pairs a parser with a ``show`` function and says whether an empty
-value means unset; :mod:`meshroute.config` attaches one kind to every key.
+value means unset; :mod:`meshroute.config.schema` attaches one kind to every key.
 
 Invariants:
 
 - Every parser either returns the value or raises :class:`ValueError` with a message
-  that names what is wrong, never the key nor where it was set: :mod:`meshroute.config`
+  that names what is wrong, never the key nor where it was set: :mod:`meshroute.config.schema`
   prefixes ``file:line`` (or the environment variable / override) and the key.
 - ``kind.parse(kind.show(value)) == value`` for every value a parser returns, so that
   ``format_config`` output loads back to an equal config.
@@ -26,7 +26,7 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import Any, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
-from meshroute.model import Network
+from meshroute.core.model import Network
 
 
 @dataclass(frozen=True)

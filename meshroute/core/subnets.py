@@ -17,14 +17,14 @@ to every peer's before it admits them:
 Invariant: the checks need only the subnet and the configured networks and hops, so
 every agent with the same configuration judges a claim the same way. Next hops
 announced after a subnet was admitted are checked again where routes are computed
-(:meth:`meshroute.state.ClaimTable.desired_hops`): no route ever covers a next hop.
+(:meth:`meshroute.core.table.ClaimTable.desired_hops`): no route ever covers a next hop.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from meshroute.model import Address, Network
+from meshroute.core.model import Address, Network
 
 # Refusal reasons (the metrics' ``reason`` label; one word each).
 OUTSIDE_ROUTED = "outside_routed_networks"

@@ -2,8 +2,8 @@
 
 :class:`AgentCore` turns inputs (bus messages, hook events, status polls, timer
 ticks, broker up/down) into outgoing messages in :attr:`AgentCore.outbox` and
-changes in its :class:`~meshroute.state.ClaimTable`. The I/O agent
-(:mod:`meshroute.agent`) feeds it and carries out what it asks; simulations and
+changes in its :class:`~meshroute.core.table.ClaimTable`. The I/O agent
+(:mod:`meshroute.agent.loop`) feeds it and carries out what it asks; simulations and
 property tests drive many cores through an in-memory bus with a fake clock.
 
 Life of an agent, and the invariants it keeps:
@@ -31,8 +31,8 @@ Life of an agent, and the invariants it keeps:
    decides). An agent that cannot hear itself expires nobody, however long.
 5. **Time.** Every message carries our hybrid logical clock and wall clock; every
    message received is merged into the clock and updates the sender's offset
-   estimate (:mod:`meshroute.hlc`). A local session that loses to a peer's claim
-   while its client still talks to us re-asserts itself (:mod:`meshroute.local`):
+   estimate (:mod:`meshroute.core.hlc`). A local session that loses to a peer's claim
+   while its client still talks to us re-asserts itself (:mod:`meshroute.core.local`):
    the core asks for an early status poll (:attr:`AgentCore.poll_due`) to see it.
 6. **Deletes wait for knowledge.** A route toward a peer whose current state we
    have not received (restarted, not yet synced) is never deleted, nor, for a hold
@@ -49,10 +49,10 @@ import statistics
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from meshroute.clock import SystemClock
-from meshroute.hlc import HybridClock, OffsetEstimate
-from meshroute.local import CLIENT_CONNECT, Change, LocalClaims, Session
-from meshroute.model import (
+from meshroute.core.clock import SystemClock
+from meshroute.core.hlc import HybridClock, OffsetEstimate
+from meshroute.core.local import CLIENT_CONNECT, Change, LocalClaims, Session
+from meshroute.core.model import (
     Address,
     ClaimRecord,
     Delta,
@@ -66,7 +66,7 @@ from meshroute.model import (
     SyncRequest,
     address_key,
 )
-from meshroute.state import ClaimTable
+from meshroute.core.table import ClaimTable
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ class AgentCore:
     # --- lifecycle --------------------------------------------------------------
 
     def remember(self, records: Iterable[ClaimRecord]) -> None:
-        """Our own claims as we kept them before a restart (meshroute.incarnation):
+        """Our own claims as we kept them before a restart (meshroute.agent.incarnation):
         sessions found again by the first poll keep these stamps, as with echoes, and
         until that poll they are held as provisional local claims."""
         records = list(records)

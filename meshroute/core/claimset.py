@@ -14,8 +14,8 @@ import hashlib
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
 
-from meshroute.hlc import OffsetEstimate
-from meshroute.model import Address, ClaimRecord, RouteKey
+from meshroute.core.hlc import OffsetEstimate
+from meshroute.core.model import Address, ClaimRecord, RouteKey
 
 _NETWORKS = (IPv4Network, IPv6Network)  # a subnet claim's key
 

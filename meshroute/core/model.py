@@ -124,7 +124,7 @@ class ClaimRecord:
     module docstring). ``connected_since`` is the OpenVPN server's own
     ``Connected Since (time_t)`` (s).
     ``stamp`` orders competing sessions for the same address (hybrid logical clock
-    in ms: see :mod:`meshroute.state`).
+    in ms: see :mod:`meshroute.core.table`).
     """
 
     address: RouteKey
@@ -168,7 +168,7 @@ class Header:
     ``clock`` is the sender's hybrid logical clock and ``sent_ms`` its wall clock
     when it sent the message (ms; None from a sender that does not send them):
     receivers merge the first into their own clock and estimate the sender's clock
-    offset from the second (:mod:`meshroute.hlc`).
+    offset from the second (:mod:`meshroute.core.hlc`).
     """
 
     origin: str

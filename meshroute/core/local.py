@@ -6,7 +6,7 @@ the management interface's ``status 3`` is slow but complete. Hooks change the
 claims at once; each poll reconciles: a client the hooks missed is added, one that
 is gone is removed.
 
-Stamps (see :mod:`meshroute.model`): the stamp orders competing claims for one
+Stamps (see :mod:`meshroute.core.model`): the stamp orders competing claims for one
 address on every agent.
 
 - A session reported by a **hook** is happening now, so it must beat every claim
@@ -34,7 +34,7 @@ address on every agent.
   re-asserts, so the two cannot ping-pong. This is what makes the live session win
   when the wall clocks are skewed further than the time between two sessions.
 
-Every stamp comes from the agent's hybrid logical clock (:mod:`meshroute.hlc`): a
+Every stamp comes from the agent's hybrid logical clock (:mod:`meshroute.core.hlc`): a
 hook's session is stamped above everything the agent has heard, and no stamp is
 ever further ahead than the wall clock plus ``max_clock_skew``.
 
@@ -55,8 +55,8 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from meshroute.model import ClaimRecord, RouteKey, is_subnet
-from meshroute.state import ClaimTable
+from meshroute.core.model import ClaimRecord, RouteKey, is_subnet
+from meshroute.core.table import ClaimTable
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ class LocalClaims:
         ) < clock.mesh_time(connected_since * 1000):
             connected_since = None  # a time further ahead than our clock may go: not believed
         since = connected_since if connected_since is not None else wall_ms // 1000
-        # This server's times, in mesh time (the stamp's scale: meshroute.hlc).
+        # This server's times, in mesh time (the stamp's scale: meshroute.core.hlc).
         now_mesh, since_mesh = clock.mesh_time(wall_ms), clock.mesh_time(since * 1000)
         floor = max(self.table.max_stamp(address), now_mesh - 1, since_mesh - 1)
         record = ClaimRecord(address, common_name, since, clock.stamp_above(floor))
