@@ -15,7 +15,54 @@ from meshroute import __version__
 SOCKET_HELP = "Control socket of the agent (default: from --config, else the well-known path)."
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A click group whose heavy subcommands are imported only when run.
+
+    ``meshroute --help`` and every other command must not pay for the lab (2.7k
+    lines, with its own imports): the lab's group is imported when ``lab`` is the
+    command, and its one-line help for the listing is kept here (a unit test holds
+    it equal to the lab's own).
+    """
+
+    LAZY: dict[str, tuple[str, str, str]] = {
+        # name: (module, attribute, short help for the listing)
+        "lab": (
+            "meshroute.lab.commands",
+            "lab",
+            "The one-box lab (root): network namespaces, real OpenVPN, RabbitMQ and agents.",
+        ),
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.LAZY})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.LAZY and cmd_name not in self.commands:
+            import importlib
+
+            module, attr, _ = self.LAZY[cmd_name]
+            self.add_command(getattr(importlib.import_module(module), attr), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """As click's own, with the lazy commands' help taken from LAZY."""
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max(map(len, names), default=0)
+        rows = []
+        for name in names:
+            if name in self.LAZY and name not in self.commands:
+                stand_in = click.Command(name, help=self.LAZY[name][2])
+                rows.append((name, stand_in.get_short_help_str(limit)))
+                continue
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="meshroute")
 def cli() -> None:
     """meshroute: host routes for clients of many OpenVPN servers, shared over RabbitMQ."""
@@ -200,12 +247,3 @@ def broker_definitions(
             stderr=sys.stderr,
         )
     )
-
-
-def _add_lab() -> None:
-    from meshroute.lab.commands import lab
-
-    cli.add_command(lab)
-
-
-_add_lab()
