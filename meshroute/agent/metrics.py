@@ -38,6 +38,7 @@ from prometheus_client.core import (
 )
 
 from meshroute import __version__
+from meshroute.agent.readout import Readout
 from meshroute.agent.views import hook_counters, record_peers
 from meshroute.core.telemetry import HistogramSnapshot, PeerRecord
 
@@ -98,16 +99,16 @@ HISTOGRAMS = {
 
 def take_snapshot(agent: Agent) -> Snapshot:
     """Copy what the metrics show (call on the agent's thread only)."""
-    stats, table, core = agent.stats, agent.core.table, agent.core
-    now = agent.clock.monotonic()
+    seen = Readout(agent)
+    stats, now = seen.stats, seen.monotonic()
     snap = Snapshot()
     snap.gauges = {
-        "broker_connected": int(bool(agent.bus.connected)),
-        "frozen": int(table.frozen),
-        "synced": int(core.synced),
-        "local_claims": len(table.local),
-        "peers": len(table.peers),
-        "routes_installed": len(agent.sync.installed),
+        "broker_connected": int(seen.broker_connected),
+        "frozen": int(seen.frozen),
+        "synced": int(seen.synced),
+        "local_claims": seen.local_claims,
+        "peers": len(seen.peers),
+        "routes_installed": len(seen.installed),
         "route_errors": len(stats.route_errors),
         "uptime_seconds": max(0.0, now - stats.started_at),
     }
@@ -121,9 +122,9 @@ def take_snapshot(agent: Agent) -> Snapshot:
         "polls_failed": stats.polls_failed,
         "bus_decode_errors": stats.decode_errors,
         "internal_errors": stats.internal_errors,
-        "stale_messages": table.counters.stale,
-        "refused_claims": table.counters.refused_claims,
-        "expired_peers": table.counters.expired_peers,
+        "stale_messages": seen.counters.stale,
+        "refused_claims": seen.counters.refused_claims,
+        "expired_peers": seen.counters.expired_peers,
         "route_applies": stats.applies,
         "route_apply_failures": stats.apply_failures,
         "full_resyncs": stats.full_resyncs,
@@ -135,7 +136,7 @@ def take_snapshot(agent: Agent) -> Snapshot:
         "hook_invalid": hooks["bad"],
         # the table's, by reason: outside_client_networks, per_peer_cap, stamp_ahead,
         # epoch_ahead, clock_ahead, next_hop (docs/design.md, "Trust")
-        **table.counters.refusals,
+        **seen.counters.refusals,
     }
     snap.histograms = {
         "apply_seconds": stats.apply_seconds.snapshot(),
@@ -143,15 +144,15 @@ def take_snapshot(agent: Agent) -> Snapshot:
         "hook_to_route_seconds": stats.hook_to_route_seconds.snapshot(),
     }
     snap.peers = record_peers(agent).rows()
-    for name, peer in table.peers.items():
+    for name, peer in seen.peers.items():
         snap.peer_claims[name] = len(peer.claims)
         if peer.offset.offset_ms is not None:
             snap.peer_offsets[name] = peer.offset.offset_ms / 1000
         for address in peer.refused.records:
             problem = None
             if isinstance(address, ipaddress.IPv4Network | ipaddress.IPv6Network):
-                problem = table.subnet_problem(address)
-            elif not table.allowed(address):
+                problem = seen.subnet_problem(address)
+            elif not seen.allowed(address):
                 problem = "outside_client_networks"
             if problem is not None:
                 reason = problem

@@ -1,9 +1,10 @@
 """What the CLI sees of a running agent: the table, the peers and the health (JSON-ready).
 
 Built on the agent's own thread (see :meth:`meshroute.agent.loop.Agent.query`), so each
-view is one consistent moment. Field names are part of the CLI's ``--json``
-contract (documented in docs/cli.md): add fields, never rename or retype them; a
-change that breaks readers bumps ``SCHEMA``.
+view is one consistent moment. The agent is read through a
+:class:`~meshroute.agent.readout.Readout` only, never through its insides. Field
+names are part of the CLI's ``--json`` contract (documented in docs/cli.md): add
+fields, never rename or retype them; a change that breaks readers bumps ``SCHEMA``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from meshroute.agent.readout import Readout
 from meshroute.core.model import ClaimRecord, RouteKey, address_key
 
 if TYPE_CHECKING:
@@ -20,17 +22,17 @@ SCHEMA = 1
 
 
 def table_view(agent: Agent) -> dict[str, Any]:
-    core, table = agent.core, agent.core.table
-    wall_now = agent.clock.wall_ms() / 1000
+    seen = Readout(agent)
+    wall_now = seen.wall_now()
     rows = []
-    for address in sorted(table.addresses(), key=address_key):
-        claim = table.winner(address)
+    for address in sorted(seen.addresses(), key=address_key):
+        claim = seen.winner(address)
         if claim is None:
             continue
-        record, local = claim.record, claim.owner == core.name
-        peer = table.peers.get(claim.owner)
+        record, local = claim.record, claim.owner == seen.name
+        peer = seen.peers.get(claim.owner)
         hop = None if local or peer is None else peer.next_hop_for(address)
-        installed = agent.sync.installed.get(address)
+        installed = seen.installed.get(address)
         rows.append(
             {
                 "address": str(address),
@@ -42,11 +44,11 @@ def table_view(agent: Agent) -> dict[str, Any]:
                 "stamp": record.stamp,
                 "local": local,
                 "installed": installed is not None and installed == hop,
-                "claimants": sorted(table.claims_for(address)),
-                **_contest(address, claim.owner, table.claims_for(address)),
+                "claimants": sorted(seen.claims_for(address)),
+                **_contest(address, claim.owner, seen.claims_for(address)),
             }
         )
-    return {"schema": SCHEMA, "agent": core.name, "epoch": core.epoch, "claims": rows}
+    return {"schema": SCHEMA, "agent": seen.name, "epoch": seen.epoch, "claims": rows}
 
 
 def _contest(address: RouteKey, winner: str, claims: Mapping[str, ClaimRecord]) -> dict[str, Any]:
@@ -72,12 +74,12 @@ def _why(ordered: list[tuple[str, ClaimRecord]]) -> str:
 
 
 def peers_view(agent: Agent) -> dict[str, Any]:
-    now = agent.clock.monotonic()
-    table = agent.core.table
+    seen = Readout(agent)
+    now = seen.monotonic()
     history = record_peers(agent)
     peers = []
-    for name in sorted(table.peers):
-        peer = table.peers[name]
+    for name in sorted(seen.peers):
+        peer = seen.peers[name]
         peers.append(
             {
                 "name": name,
@@ -93,11 +95,11 @@ def peers_view(agent: Agent) -> dict[str, Any]:
                 "clock_offset_ms": peer.offset.offset_ms,
                 "state": "up" if peer.synced else "syncing",
                 "expires_in": None
-                if table.frozen
-                else round(max(0.0, table.hold_time - (now - peer.last_seen)), 3),
+                if seen.frozen
+                else round(max(0.0, seen.hold_time - (now - peer.last_seen)), 3),
             }
         )
-    wall = agent.clock.wall_ms() / 1000
+    wall = seen.wall_now()
     gone = [
         {"name": r.name, "next_hop": None, "next_hop6": None, "epoch": None,
          "last_seen": round(max(0.0, wall - r.last_seen_wall), 3),
@@ -106,38 +108,39 @@ def peers_view(agent: Agent) -> dict[str, Any]:
          "state": f"down ({r.gone})", "expires_in": None}
         for r in history.rows() if not r.up
     ]  # fmt: skip
-    return {"schema": SCHEMA, "agent": agent.core.name, "frozen": table.frozen,
+    return {"schema": SCHEMA, "agent": seen.name, "frozen": seen.frozen,
             "peers": peers + gone}  # fmt: skip
 
 
 def record_peers(agent: Agent):
     """Update the agent's peer history from its table (on the agent thread)."""
-    table, history = agent.core.table, agent.stats.peer_history
-    live = {name: (peer.last_seen, len(peer.claims)) for name, peer in table.peers.items()}
-    history.update(live, table.departed, agent.clock.wall_ms() / 1000, agent.clock.monotonic())
+    seen = Readout(agent)
+    history = seen.stats.peer_history
+    live = {name: (peer.last_seen, len(peer.claims)) for name, peer in seen.peers.items()}
+    history.update(live, seen.departed, seen.wall_now(), seen.monotonic())
     return history
 
 
 def silent_for(agent: Agent) -> float | None:
     """Seconds since any peer was last heard; None when no peer was ever known."""
     last = record_peers(agent).last_heard_wall()
-    return None if last is None else max(0.0, agent.clock.wall_ms() / 1000 - last)
+    return None if last is None else max(0.0, Readout(agent).wall_now() - last)
 
 
 def health_view(agent: Agent) -> dict[str, Any]:
-    now = agent.clock.monotonic()
-    core, stats, table = agent.core, agent.stats, agent.core.table
+    seen = Readout(agent)
+    now, stats = seen.monotonic(), seen.stats
 
     def age(t: float | None) -> float | None:
         return None if t is None else round(now - t, 3)
 
-    broker = bool(agent.bus.connected)
+    broker = seen.broker_connected
     polling = stats.last_poll_error is None and stats.polls_ok > 0
     silence = silent_for(agent)
     # Peers were known and none has been heard for the hold time: this agent is
     # cut off (or alone) although the broker connection looks fine.
-    peers_silent = silence is not None and silence > table.hold_time
-    isolated = core.isolated(now) if broker else None
+    peers_silent = silence is not None and silence > seen.hold_time
+    isolated = seen.isolated(now) if broker else None
     problems = [text for bad, text in (
         (not broker, "not connected to the broker"),
         (isolated is not None, f"isolated: {isolated}"),
@@ -147,20 +150,20 @@ def health_view(agent: Agent) -> dict[str, Any]:
     ) if bad]  # fmt: skip
     return {
         "schema": SCHEMA,
-        "agent": core.name,
-        "epoch": core.epoch,
+        "agent": seen.name,
+        "epoch": seen.epoch,
         "ok": not problems,
         "problems": problems,
         "warnings": _warnings(agent),
         "peers_silent_for": None if silence is None else round(silence, 3),
         "uptime": round(now - stats.started_at, 3),
         "broker_connected": broker,
-        "frozen": table.frozen,
-        "synced": core.synced,
-        "local_clients_known": core.local_known,
-        "local_claims": len(table.local),
-        "peers": len(table.peers),
-        "routes_installed": len(agent.sync.installed),
+        "frozen": seen.frozen,
+        "synced": seen.synced,
+        "local_clients_known": seen.local_known,
+        "local_claims": seen.local_claims,
+        "peers": len(seen.peers),
+        "routes_installed": len(seen.installed),
         "last_poll_age": age(stats.last_poll_at),
         "last_poll_error": stats.last_poll_error,
         "last_apply_age": age(stats.last_apply_at),
@@ -172,10 +175,10 @@ def health_view(agent: Agent) -> dict[str, Any]:
             "polls_failed": stats.polls_failed,
             "bus_decode_errors": stats.decode_errors,
             "internal_errors": stats.internal_errors,
-            "stale_messages": table.counters.stale,
-            "refused_claims": table.counters.refused_claims,
-            "refusals": dict(table.counters.refusals),
-            "expired_peers": table.counters.expired_peers,
+            "stale_messages": seen.counters.stale,
+            "refused_claims": seen.counters.refused_claims,
+            "refusals": dict(seen.counters.refusals),
+            "expired_peers": seen.counters.expired_peers,
             "ignored_local_addresses": stats.ignored_local,
             "applies": stats.applies,
             "apply_failures": stats.apply_failures,
@@ -188,10 +191,11 @@ def health_view(agent: Agent) -> dict[str, Any]:
 def _warnings(agent: Agent) -> list[str]:
     """What an operator should look at although routing works: broken clocks, peers
     quarantined or with a refused next hop."""
-    table, limit = agent.core.table, agent.core.settings.clock_offset_warning
+    seen = Readout(agent)
+    limit = seen.clock_offset_warning
     found = []
-    for name in sorted(table.peers):
-        peer = table.peers[name]
+    for name in sorted(seen.peers):
+        peer = seen.peers[name]
         offset = peer.offset.offset_ms
         if offset is not None and abs(offset) > limit * 1000:
             found.append(
