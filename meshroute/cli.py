@@ -126,8 +126,9 @@ def _query_options(func):
 @cli.command()
 @click.argument("select", metavar="[ADDRESS|CLIENT]", required=False)
 @_query_options
-def table(select: str | None, socket_path: str | None, config_path: str | None,
-          as_json: bool) -> None:  # fmt: skip
+def table(
+    select: str | None, socket_path: str | None, config_path: str | None, as_json: bool
+) -> None:
     """Every address the agent has learned: owner, next hop, route installed.
 
     With ADDRESS or CLIENT (a common name): only that, with every claimant and why

@@ -7,6 +7,11 @@ and stop (see :mod:`meshroute.agent.daemon`); the socket's mode (0660, the agent
 is what allows it. Queries are answered on the agent's
 own thread, so an answer is one consistent moment; a query never blocks the loop
 for longer than it takes to build the answer.
+
+Size (above 300 lines): the socket's both ends and their rendering stay together,
+because the JSON lines, the commands and the column names are one protocol: a change
+to one side is checked against the other in one file. The human rendering (render,
+format_rows) is the part to split off first if it grows.
 """
 
 from __future__ import annotations
@@ -136,8 +141,10 @@ def query_command(
     if what == "table" and select is not None:
         result = dict(result, claims=select_claims(result.get("claims", []), select))
         if not result["claims"]:
-            print(f"error: agent {result.get('agent')} knows no address or client {select!r}",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"error: agent {result.get('agent')} knows no address or client {select!r}",
+                file=sys.stderr,
+            )
             return 1
     if as_json:
         print(json.dumps(result, indent=2, sort_keys=True))
@@ -151,10 +158,12 @@ def query_command(
 def select_claims(rows: list[dict], select: str) -> list[dict]:
     """Rows for one address (exact) or one client (common name, exact)."""
     return [
-        row for row in rows
-        if row.get("address") == select or row.get("common_name") == select
+        row
+        for row in rows
+        if row.get("address") == select
+        or row.get("common_name") == select
         or any(c.get("common_name") == select for c in row.get("all_claims", ()))
-    ]  # fmt: skip
+    ]
 
 
 def leave_command(socket_path: str | None, config_path: str | None, wait: float) -> int:
@@ -179,12 +188,34 @@ def leave_command(socket_path: str | None, config_path: str | None, wait: float)
     return 0
 
 
-TABLE_COLUMNS = ("address", "common_name", "owner", "next_hop", "connected_for", "local",
-                 "installed")  # fmt: skip
-PEER_COLUMNS = ("name", "next_hop", "next_hop6", "epoch", "last_seen", "claims", "clock_offset_ms",
-                "state")  # fmt: skip
-DURATIONS = {"connected_for", "last_seen", "expires_in", "uptime", "last_poll_age",
-             "last_apply_age", "peers_silent_for"}  # fmt: skip
+TABLE_COLUMNS = (
+    "address",
+    "common_name",
+    "owner",
+    "next_hop",
+    "connected_for",
+    "local",
+    "installed",
+)
+PEER_COLUMNS = (
+    "name",
+    "next_hop",
+    "next_hop6",
+    "epoch",
+    "last_seen",
+    "claims",
+    "clock_offset_ms",
+    "state",
+)
+DURATIONS = {
+    "connected_for",
+    "last_seen",
+    "expires_in",
+    "uptime",
+    "last_poll_age",
+    "last_apply_age",
+    "peers_silent_for",
+}
 
 
 def render(what: str, result: dict, detail: bool = False) -> str:

@@ -28,6 +28,10 @@ Exit codes: 0 stopped; 75 stopped for a restart; 2 bad usage or an interface not
 found (may come later: retried); 77 permission denied (a file or socket the agent's
 user cannot use); 78 configuration error. 77 and 78 will not fix themselves:
 ``RestartPreventExitStatus=77 78`` in the unit stops the restart loop.
+
+Size (above 300 lines): it is the one place that knows every concrete implementation,
+and the start, the signals, the reload and the exit codes are one sequence read top to
+bottom; each step is a small function.
 """
 
 from __future__ import annotations
@@ -64,9 +68,18 @@ EXIT_RETRY = 2  # an interface not there yet: worth retrying
 EXIT_NOPERM = 77  # EX_NOPERM: retrying cannot help
 EXIT_CONFIG = 78  # EX_CONFIG: retrying cannot help
 
-RELOADABLE = ("log_level", "log_format", "announce_interval", "hold_time",
-              "status_poll_interval", "resync_interval", "client_networks", "routed_networks",
-              "max_claims_per_peer", "clock_offset_warning")  # fmt: skip
+RELOADABLE = (
+    "log_level",
+    "log_format",
+    "announce_interval",
+    "hold_time",
+    "status_poll_interval",
+    "resync_interval",
+    "client_networks",
+    "routed_networks",
+    "max_claims_per_peer",
+    "clock_offset_warning",
+)
 
 
 class StartError(Exception):
@@ -108,8 +121,10 @@ def _readable(path: str) -> bool:
         with open(path, "rb"):
             return True
     except PermissionError:
-        print(f"error: {path}: not readable by user {current_user()} (permission denied)",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"error: {path}: not readable by user {current_user()} (permission denied)",
+            file=sys.stderr,
+        )
         return False
     except OSError:
         return True  # missing and the like: load_config says it with the key context

@@ -40,8 +40,11 @@ def next_epoch(state_dir: Path | None, wall_ms: int, name: str = "agent") -> int
     try:
         _write(path, epoch)
     except OSError as exc:
-        log.warning("cannot persist the epoch in %s (%s); it may go back if the clock "
-                    "is stepped back", path, exc.strerror or exc)  # fmt: skip
+        log.warning(
+            "cannot persist the epoch in %s (%s); it may go back if the clock is stepped back",
+            path,
+            exc.strerror or exc,
+        )
     return epoch
 
 

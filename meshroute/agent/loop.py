@@ -22,6 +22,11 @@ any failed route, and when the start-up sync window ends). The kernel is written
 this thread only. Then, and only then, the bus messages of the iteration are
 acknowledged to the bus (one receipt, the last: acks are cumulative), so a message
 the broker considers delivered has been applied to the table and the kernel.
+
+Size (above 300 lines): the one thread that owns the kernel and the core: the queue,
+the handlers of each input, publishing and the reconcile step share that thread's
+state. The reads of it are in readout.py, the answers in views.py and metrics.py; the
+reconcile driver is the next part to leave (issue 11: one owner of reconcile state).
 """
 
 from __future__ import annotations

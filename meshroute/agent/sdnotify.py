@@ -73,9 +73,12 @@ class Watchdog:
     """Called once per agent loop iteration: READY, WATCHDOG and STATUS as due."""
 
     def __init__(
-        self, notifier: Notifier, ready: Callable[[], bool], describe: Callable[[], str],
+        self,
+        notifier: Notifier,
+        ready: Callable[[], bool],
+        describe: Callable[[], str],
         now: Callable[[], float],
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.notifier = notifier
         self._ready, self._describe, self._now = ready, describe, now
         self.is_ready = False

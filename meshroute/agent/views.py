@@ -55,10 +55,15 @@ def _contest(address: RouteKey, winner: str, claims: Mapping[str, ClaimRecord]) 
     """Every claimant (the winner first, then by stamp) and why the winner won."""
     ordered = sorted(claims.items(), key=lambda kv: (kv[0] != winner, -kv[1].stamp, kv[0]))
     detail = [
-        {"owner": owner, "common_name": r.common_name, "connected_since": r.connected_since,
-         "stamp": r.stamp, "winner": owner == winner}
+        {
+            "owner": owner,
+            "common_name": r.common_name,
+            "connected_since": r.connected_since,
+            "stamp": r.stamp,
+            "winner": owner == winner,
+        }
         for owner, r in ordered
-    ]  # fmt: skip
+    ]
     return {"all_claims": detail, "why": _why(ordered)}
 
 
@@ -101,15 +106,25 @@ def peers_view(agent: Agent) -> dict[str, Any]:
         )
     wall = seen.wall_now()
     gone = [
-        {"name": r.name, "next_hop": None, "next_hop6": None, "epoch": None,
-         "last_seen": round(max(0.0, wall - r.last_seen_wall), 3),
-         "last_seen_at": r.last_seen_wall, "claims": 0, "refused": 0,
-         "quarantined": False, "next_hop_problem": None, "clock_offset_ms": None,
-         "state": f"down ({r.gone})", "expires_in": None}
-        for r in history.rows() if not r.up
-    ]  # fmt: skip
-    return {"schema": SCHEMA, "agent": seen.name, "frozen": seen.frozen,
-            "peers": peers + gone}  # fmt: skip
+        {
+            "name": r.name,
+            "next_hop": None,
+            "next_hop6": None,
+            "epoch": None,
+            "last_seen": round(max(0.0, wall - r.last_seen_wall), 3),
+            "last_seen_at": r.last_seen_wall,
+            "claims": 0,
+            "refused": 0,
+            "quarantined": False,
+            "next_hop_problem": None,
+            "clock_offset_ms": None,
+            "state": f"down ({r.gone})",
+            "expires_in": None,
+        }
+        for r in history.rows()
+        if not r.up
+    ]
+    return {"schema": SCHEMA, "agent": seen.name, "frozen": seen.frozen, "peers": peers + gone}
 
 
 def record_peers(agent: Agent):
@@ -141,13 +156,17 @@ def health_view(agent: Agent) -> dict[str, Any]:
     # cut off (or alone) although the broker connection looks fine.
     peers_silent = silence is not None and silence > seen.hold_time
     isolated = seen.isolated(now) if broker else None
-    problems = [text for bad, text in (
-        (not broker, "not connected to the broker"),
-        (isolated is not None, f"isolated: {isolated}"),
-        (not polling, "OpenVPN status poll not working"),
-        (bool(stats.route_errors), "routes failed"),
-        (peers_silent, "no peer heard for longer than the hold time"),
-    ) if bad]  # fmt: skip
+    problems = [
+        text
+        for bad, text in (
+            (not broker, "not connected to the broker"),
+            (isolated is not None, f"isolated: {isolated}"),
+            (not polling, "OpenVPN status poll not working"),
+            (bool(stats.route_errors), "routes failed"),
+            (peers_silent, "no peer heard for longer than the hold time"),
+        )
+        if bad
+    ]
     return {
         "schema": SCHEMA,
         "agent": seen.name,
@@ -212,8 +231,19 @@ def _warnings(agent: Agent) -> list[str]:
 def hook_counters(hooks: Any) -> dict[str, Any]:
     """The hook receiver's counters (zeros when no receiver runs, as in tests)."""
     if hooks is None:
-        return {"received": 0, "delivered": 0, "ignored": 0, "bad": 0, "handler_errors": 0,
-                "bad_by_reason": {}}  # fmt: skip
-    return {"received": hooks.received, "delivered": hooks.delivered,
-            "ignored": hooks.ignored, "bad": hooks.bad, "handler_errors": hooks.handler_errors,
-            "bad_by_reason": dict(hooks.bad_by_reason)}  # fmt: skip
+        return {
+            "received": 0,
+            "delivered": 0,
+            "ignored": 0,
+            "bad": 0,
+            "handler_errors": 0,
+            "bad_by_reason": {},
+        }
+    return {
+        "received": hooks.received,
+        "delivered": hooks.delivered,
+        "ignored": hooks.ignored,
+        "bad": hooks.bad,
+        "handler_errors": hooks.handler_errors,
+        "bad_by_reason": dict(hooks.bad_by_reason),
+    }

@@ -44,6 +44,10 @@ Invariants (see docs/protocol.md for the wire side):
   in the broker, not in the agent's memory). A receipt of
   an earlier session is ignored: the broker has requeued (durable queue) or
   dropped (exclusive queue) that session's unacked messages.
+
+Size (above 300 lines): every pika object belongs to one thread and its callbacks
+chain into each other (open, channel, declare, consume, confirm, close): one file
+keeps that thread's whole life in view.
 """
 
 from __future__ import annotations

@@ -19,6 +19,10 @@ Invariants:
 - Importing is additive and idempotent: existing users get the new hash and
   permissions, existing vhost/exchange/policy are kept or updated; nothing is
   deleted (queues and bindings are the agents' own: they declare them on connect).
+
+Size (above 300 lines): one document and its rules (names, permissions, password
+hashes, the queue policy) that must agree with each other; split, the permissions
+would be read in one file and the policy that bounds the same queues in another.
 """
 
 from __future__ import annotations

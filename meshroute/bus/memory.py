@@ -25,6 +25,10 @@ It models what the agent can observe of RabbitMQ (see docs/protocol.md):
   (:meth:`MemoryBroker.release_due`), so copies with different delays reorder.
   :class:`RandomFaults` is the seeded drop/duplicate/delay model that simulations
   use (``tests/sim.py``): the one fault model of the bus seam.
+
+Size (above 300 lines): the broker, its queues and the bus seam's one fault model
+(partitions, delays, drops, redelivery) in one place, so a test of any tier reads one
+file to know what the fake can and cannot do.
 """
 
 from __future__ import annotations

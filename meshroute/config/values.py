@@ -12,6 +12,9 @@ Invariants:
   ``format_config`` output loads back to an equal config.
 - Pure and stdlib only (no click, pika, pyroute2, socket); no module state beyond
   constant tables.
+
+Size (above 300 lines): one parser per kind of value, each with its show function
+beside it so that parse(show(v)) == v is checked by eye.
 """
 
 from __future__ import annotations

@@ -40,6 +40,10 @@ Life of an agent, and the invariants it keeps:
    (a peer restarting at the same time as us): :meth:`AgentCore.keeps_route`.
 7. **Stop.** For a restart nothing (peers keep our claims for the hold time);
    for leaving, a goodbye, so peers withdraw at once.
+
+Size (above 300 lines): the life of an agent (start, local state first, running,
+isolation, time, deletes, stop) is one state machine whose steps share its timers; the
+numbered list above is the map of the file.
 """
 
 from __future__ import annotations

@@ -47,6 +47,10 @@ and the next poll would remove them too.
 Race guards: a poll's answer is as old as the moment it was fetched. It never
 removes a claim observed after that moment, and never re-adds a client that a hook
 reported gone after that moment.
+
+Size (above 300 lines): the stamp rules above are the whole file: hooks, polls, the
+first poll after a start and re-assertion all decide the same stamps and must be read
+together.
 """
 
 from __future__ import annotations

@@ -47,6 +47,11 @@ Invariants:
   DESIGN.md memory target, and routes are computed from it without making objects.
 
 Time is injected (``now`` arguments, monotonic seconds); nothing here does I/O.
+
+Size (above 300 lines): the winner rule, the per-peer versions, liveness, trust and
+the address index are the invariants of one structure (every change of a peer's claim
+set updates the index in the same call); split along them, an invariant would be kept
+by two files. Its bodies are small methods; the size is the list of rules above.
 """
 
 from __future__ import annotations

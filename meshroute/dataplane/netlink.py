@@ -37,6 +37,9 @@ Invariants (DESIGN.md rule 4):
   or EAGAIN is redone on a fresh socket; a send failing with ENOBUFS/EAGAIN is resent.
   Anything else raises OSError and the caller's next step is a full resync.
 - Calls are serialised by a lock; meant for the one kernel worker thread (rule 10).
+
+Size (above 300 lines): the stateful half of the kernel dataplane (batches, acks,
+retries, ownership); the bytes are in wire.py already.
 """
 
 from __future__ import annotations

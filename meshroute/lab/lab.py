@@ -18,6 +18,10 @@ Invariants:
   node's URL starting with a different node, and ``lab broker ACTION [bK]`` acts
   on one node or on all. Every node serves the management UI on port 15672 and
   every agent its metrics on its backbone address, port 9100.
+
+Size (above 300 lines): the lab's life (up, down) and every operation on a running lab
+act on one lab.json; the pieces (netns, files, pki, rabbitmq, procs, observe) are
+their own modules already.
 """
 
 from __future__ import annotations

@@ -28,6 +28,9 @@ Invariants:
   handled as the spec says (``pause_minority``: a node that sees less than half of
   the cluster stops serving, so its clients reconnect to the majority) and
   detected within about ``net_ticktime`` seconds.
+
+Size (above 300 lines): one private node's whole life (files, epmd, start, stop by
+pid, users, TLS, cluster): each invariant above is about the same processes.
 """
 
 from __future__ import annotations
