@@ -184,6 +184,8 @@ class Config:
         default=None,
         metadata=_meta(PATH, "Management interface password file (article key).", "none"),
     )
+    # The heartbeat interval (a heartbeat is the periodic announce): the key keeps
+    # its name, since a renamed key would break every deployed config file.
     announce_interval: float = field(
         default=5.0, metadata=_meta(DURATION, "Interval of this agent's heartbeats.")
     )
