@@ -77,7 +77,7 @@ def lab() -> None:
 def up(prefix: str, servers: int, clients: int, brokers: int, sites: int, timeout: float,
        hooks: str, backbone: str) -> None:  # fmt: skip
     """Build the lab and return once every agent has converged."""
-    from meshroute.lab.status import lab_status, render_where
+    from meshroute.lab.report import lab_status, render_where
 
     the_lab = _lab(prefix)
     logging.getLogger("meshroute.lab.lab").setLevel(logging.INFO)  # progress on stderr
@@ -109,7 +109,7 @@ def down(prefix: str) -> None:
 def status(prefix: str, as_json: bool) -> None:
     """Servers, agents, clients (server, address) and every agent's learned table."""
     from meshroute.lab.lab import LabError
-    from meshroute.lab.status import lab_status, render_status
+    from meshroute.lab.report import lab_status, render_status
 
     try:
         result = lab_status(_lab(prefix))
