@@ -8,7 +8,7 @@ processes, so that one measurement never inherits another's heap).
 
 a. Memory of one agent holding 100,000 claims from 100 peers (snapshots encoded,
    decoded and applied as the agent does), then with the core's route mirror of the
-   same routes (``RouteSync.installed``), then with what ``NetlinkDataplane`` keeps
+   same routes (``KernelMirror.installed``), then with what ``NetlinkDataplane`` keeps
    (the set of owned route keys: the same address objects, no prefix map);
    RSS of a child process that imported what the agent imports (pika, pyroute2,
    prometheus_client, click), and tracemalloc.
@@ -18,7 +18,7 @@ b. Churn: hook datagrams parsed and fed to ``AgentCore.on_connect``/``on_disconn
    receive side: 10,000 peer deltas decoded, applied and reconciled the same way.
 c. Join: a new core gets 50 snapshots x 200 claims (decoded), then desired_hops(),
    a full plan against an empty kernel and its routes as prefixes, then the fake apply.
-d. Full resync, pure part: desired_hops() + RouteSync.plan_full (the dump's prefixes
+d. Full resync, pure part: desired_hops() + KernelMirror.plan_full (the dump's prefixes
    read into the mirror, then the diff) for 20,000 routes, no change; its budget is
    DESIGN.md's 150 ms minus the ~60 ms kernel dump (bench_dataplane d).
 
@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from meshroute.core import codec
 from meshroute.core.engine import AgentCore, CoreSettings
 from meshroute.core.model import ClaimRecord, Delta, Header, Snapshot
-from meshroute.core.reconcile import RouteSync
+from meshroute.core.reconcile import KernelMirror
 from meshroute.dataplane.fake import FakeDataplane
 from meshroute.openvpn.events import parse_hook_datagram
 
@@ -124,14 +124,14 @@ class Loop:
     with the bus replaced by ``codec.encode`` and the kernel by a FakeDataplane."""
 
     core: AgentCore
-    sync: RouteSync
+    sync: KernelMirror
     dataplane: FakeDataplane
     published: int = 0
 
     @classmethod
     def for_core(cls, core: AgentCore) -> Loop:
         dataplane = FakeDataplane()
-        sync = RouteSync()
+        sync = KernelMirror()
         table = core.table
         table.take_dirty()
         plan = sync.plan_full(dataplane.dump(), table.desired_hops((SELF_HOP,)))
@@ -206,7 +206,7 @@ def memory_child(peers: int, per_peer: int, trace: bool) -> dict[str, float]:
     table_rss = vm_rss_kib()
     traced_table = tracemalloc.get_traced_memory()[0] if trace else 0
     # The core's mirror, as after a successful first apply (keys: the claims' objects).
-    sync = RouteSync()
+    sync = KernelMirror()
     plan = sync.plan_full({}, core.table.desired_hops((SELF_HOP,)))
     sync.record(plan, {})
     del plan
@@ -348,7 +348,7 @@ def bench_join(bodies: list[tuple[str, bytes]]) -> dict[str, float]:
     core = AgentCore(settings, epoch=EPOCH)
     core.start(0.0)
     core.on_bus_up(0.0)
-    sync, dataplane = RouteSync(), FakeDataplane()
+    sync, dataplane = KernelMirror(), FakeDataplane()
     found: dict = {}
 
     def learn() -> None:
@@ -378,7 +378,7 @@ def bench_join(bodies: list[tuple[str, bytes]]) -> dict[str, float]:
 
 def bench_resync(core: AgentCore, kernel: dict) -> dict[str, float]:
     """What the agent's full resync does after the dump (Agent._reconcile)."""
-    own, sync = (SELF_HOP,), RouteSync()
+    own, sync = (SELF_HOP,), KernelMirror()
     found: dict = {}
     t_desired = clock(lambda: found.update(desired=core.table.desired_hops(own)))
     t_plan_full = clock(lambda: found.update(plan=sync.plan_full(kernel, found["desired"])))
@@ -484,7 +484,7 @@ def memory_rows(args: argparse.Namespace) -> list[Row]:
         Row("a. RSS, python + pure core imported", f"{mem['core_only_rss']:.1f} MiB"),
         Row("a. RSS, + pika, pyroute2, prometheus, click", f"{mem['base_rss']:.1f} MiB"),
         Row("a. RSS delta, table 100k claims / 100 peers", f"{mem['table_delta']:.1f} MiB"),
-        Row("a. RSS delta, + core mirror (RouteSync)", f"{mem['mirror_delta']:.1f} MiB"),
+        Row("a. RSS delta, + core mirror (KernelMirror)", f"{mem['mirror_delta']:.1f} MiB"),
         Row("a. RSS delta, + dataplane owned-key set", f"{mem['dataplane_delta']:.1f} MiB"),
         Row("a. tracemalloc, table / core mirror / owned set",
             f"{traced['traced_table']:.1f} / {traced['traced_mirror']:.1f} / "

@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from pyroute2 import IPRoute
 
 from meshroute.core.model import Route
-from meshroute.core.reconcile import RouteSync
+from meshroute.core.reconcile import KernelMirror
 from meshroute.dataplane.netlink import NetlinkDataplane
 
 HOP = ipaddress.IPv4Address("192.0.2.2")
@@ -124,9 +124,9 @@ def bench_resync(dp: NetlinkDataplane, routes: list[Route], repeat: int) -> floa
 
 
 def bench_agent_resync(dp: NetlinkDataplane, routes: list[Route], repeat: int) -> float:
-    """The agent's full resync: a dump handed to the core's mirror (RouteSync.plan_full)."""
+    """The agent's full resync: a dump handed to the core's mirror (KernelMirror.plan_full)."""
     desired = {r.prefix.network_address: r.next_hop for r in routes}
-    sync = RouteSync()
+    sync = KernelMirror()
 
     def run() -> None:
         assert not sync.plan_full(dp.dump(), desired)

@@ -86,7 +86,7 @@ else:
     while agent.inbox.qsize():
         agent._iterate()
     took = time.process_time() - t
-    assert len(agent.sync.installed) == n, len(agent.sync.installed)
+    assert len(agent.mirror.installed) == n, len(agent.mirror.installed)
 print(took * 1e6 / n)
 """
 

@@ -14,7 +14,8 @@ Everything is deterministic given the random seed. The parts:
   of the bus seam, :class:`~meshroute.bus.memory.RandomFaults` (drop, duplicate,
   delay on the true clock, hence reorder). Messages cross the real codec.
 - **Agents** are the real :class:`~meshroute.core.engine.AgentCore` (with its
-  :class:`~meshroute.core.table.ClaimTable`), a real :class:`~meshroute.core.reconcile.RouteSync`,
+  :class:`~meshroute.core.table.ClaimTable`), a real
+  :class:`~meshroute.core.reconcile.KernelMirror`,
   and a :class:`~meshroute.dataplane.fake.FakeDataplane` as the server's kernel (the
   kernel outlives the agent: a restarted agent adopts it). :func:`reconcile` mirrors
   ``meshroute.agent.loop.Agent._reconcile``.

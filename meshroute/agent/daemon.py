@@ -374,7 +374,7 @@ def describe(agent: Agent) -> str:
         state = "connected, learning the peers' state"
     else:
         state = "connected"
-    routes = len(agent.sync.installed)
+    routes = len(agent.mirror.installed)
     return (
         f"{state}; {len(table.peers)} peer(s), {len(table.local)} local claim(s), {routes} route(s)"
     )

@@ -48,7 +48,7 @@ from meshroute.core.clock import Clock
 from meshroute.core.engine import AgentCore, CoreSettings
 from meshroute.core.local import CLIENT_CONNECT, LEARN_ADDRESS, Session
 from meshroute.core.model import Address, ClaimRecord, RouteKey
-from meshroute.core.reconcile import Plan, Reconciler, RouteSync
+from meshroute.core.reconcile import KernelMirror, Plan, Reconciler
 from meshroute.core.telemetry import Histogram, LogBudget, PeerHistory
 from meshroute.dataplane.base import Dataplane
 from meshroute.openvpn.events import HookEvent
@@ -234,9 +234,9 @@ class Agent:
         self.request_stop(goodbye=True)
 
     @property
-    def sync(self) -> RouteSync:
+    def mirror(self) -> KernelMirror:
         """The mirror of the kernel's owned routes (read by views and metrics)."""
-        return self.reconciler.sync
+        return self.reconciler.mirror
 
     @property
     def left(self) -> bool:

@@ -113,7 +113,7 @@ class Readout:
     @property
     def installed(self) -> Mapping[RouteKey, Address]:
         """Owned routes in the kernel: address or subnet -> next hop."""
-        return MappingProxyType(self._agent.sync.installed)
+        return MappingProxyType(self._agent.mirror.installed)
 
     @property
     def broker_connected(self) -> bool:

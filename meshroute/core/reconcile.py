@@ -5,7 +5,7 @@ table and mark addresses dirty; one apply step turns the dirty set (or, on a ful
 resync, everything) into a :class:`Plan` of replaces and deletes that the dataplane
 carries out.
 
-:class:`RouteSync` keeps a mirror of what the kernel holds so that a small change
+:class:`KernelMirror` keeps a mirror of what the kernel holds so that a small change
 costs a small plan. The mirror is only trusted between full resyncs: a failed
 route (after a short delay) or the resync timer makes the next plan a full one
 from a fresh kernel dump.
@@ -116,7 +116,7 @@ def diff_some(
     return Plan(replace, tuple(delete))
 
 
-class RouteSync:
+class KernelMirror:
     """A mirror of the owned routes in the kernel, and whether it can be trusted.
 
     ``installed`` holds the owned routes (key -> next hop): host and subnet routes.
@@ -178,7 +178,7 @@ class RouteSync:
 
 class Reconciler:
     """The one owner of reconcile state, after felix's route table: the mirror of the
-    kernel (:class:`RouteSync`), when the next full resync is due, and the plan to
+    kernel (:class:`KernelMirror`), when the next full resync is due, and the plan to
     make now. The agent's loop and the simulator both drive one per agent:
     :meth:`plan` (the core and a kernel dump are passed in), apply the plan,
     :meth:`record` what the kernel said, :meth:`retry_soon` after a failure.
@@ -190,14 +190,14 @@ class Reconciler:
     """
 
     def __init__(self, resync_interval: float) -> None:
-        self.sync = RouteSync()
+        self.mirror = KernelMirror()
         self.resync_interval = resync_interval
         self.next_resync = 0.0
         self.full_resyncs = 0
         self._was_synced = False
 
     def queue_resync(self) -> None:
-        self.sync.full_resync_needed = True
+        self.mirror.full_resync_needed = True
 
     def plan(
         self,
@@ -214,19 +214,19 @@ class Reconciler:
             core.full_resync_wanted = False
             self.queue_resync()
         table, keep = core.table, core.keeps_route(now)
-        if self.sync.full_resync_needed or now >= self.next_resync:
+        if self.mirror.full_resync_needed or now >= self.next_resync:
             table.take_dirty()
             kernel = dump()
             self.next_resync = now + self.resync_interval
             self.full_resyncs += 1
-            return self.sync.plan_full(kernel, table.desired_hops(own_hops), keep=keep)
+            return self.mirror.plan_full(kernel, table.desired_hops(own_hops), keep=keep)
         dirty = table.take_dirty()
         if not dirty:
             return Plan()
-        return self.sync.plan_some(dirty, table.desired_hops_for(dirty, own_hops), keep=keep)
+        return self.mirror.plan_some(dirty, table.desired_hops_for(dirty, own_hops), keep=keep)
 
     def record(self, plan: Plan, failed: Mapping[Network, str]) -> None:
-        self.sync.record(plan, failed)
+        self.mirror.record(plan, failed)
 
     def retry_soon(self, now: float, delay: float) -> None:
         """A full resync within ``delay`` (after a failed route or netlink call)."""

@@ -207,12 +207,12 @@ def test_sigterm_stops_without_goodbye_and_leave_says_goodbye(tmp_path):
 def test_sighup_passes_new_client_networks_and_forces_a_full_resync(tmp_path):
     agent, config, path = make_agent(tmp_path)
     reload = _reloader(agent, config, str(path), None)
-    agent.sync.full_resync_needed = False
+    agent.mirror.full_resync_needed = False
     path.write_text(CONF.format(hold=15).replace("10.100.100.0/24", "10.100.100.0/25"))
     reload()
     assert agent.core.table.client_networks == (ipaddress.ip_network("10.100.100.0/25"),)
     assert agent.core.settings.client_networks == agent.core.table.client_networks
-    assert agent.sync.full_resync_needed
+    assert agent.mirror.full_resync_needed
 
 
 DOCS = pathlib.Path(__file__).parents[2] / "docs" / "metrics.md"

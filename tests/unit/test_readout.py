@@ -19,7 +19,7 @@ INSIDES = {"core", "sync", "bus", "clock", "stats", "reconciler"}
 def test_the_readout_shows_the_peer_and_the_installed_routes():
     agent, _clock = agent_with_peer(offset_ms=0)
     address, hop = ipaddress.ip_address("10.100.0.7"), ipaddress.ip_address("10.200.0.2")
-    agent.sync.installed[address] = hop
+    agent.mirror.installed[address] = hop
     seen = Readout(agent)
     assert list(seen.peers) == ["p1"] and seen.installed == {address: hop}
     assert (seen.name, seen.monotonic(), seen.wall_now()) == ("me", 10.0, 1_800_000_000.0)

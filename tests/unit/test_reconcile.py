@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 from meshroute.core.model import Route
-from meshroute.core.reconcile import Plan, RouteSync, diff
+from meshroute.core.reconcile import KernelMirror, Plan, diff
 from meshroute.dataplane.fake import FakeDataplane
 
 A = ipaddress.ip_address("10.100.0.5")
@@ -25,7 +25,7 @@ def net(address) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
 def test_full_plan_from_a_dump_replaces_and_deletes_what_nobody_wants():
     kernel = {net(A): HOP_X, net(B): HOP_X, net(C): HOP_X, STRAY: HOP_X}
     desired = {A: HOP_X, B: HOP_Y, V6: HOP_X6}
-    sync = RouteSync()
+    sync = KernelMirror()
     plan = sync.plan_full(kernel, desired)
     assert dict(plan.replace) == {B: HOP_Y, V6: HOP_X6}
     assert set(plan.delete) == {C, STRAY}
@@ -37,14 +37,14 @@ def test_full_plan_from_a_dump_replaces_and_deletes_what_nobody_wants():
 
 
 def test_no_deletes_while_deletes_are_held_back():
-    sync = RouteSync()
+    sync = KernelMirror()
     plan = sync.plan_full({net(C): HOP_X, STRAY: HOP_X}, {A: HOP_X}, allow_delete=False)
     assert dict(plan.replace) == {A: HOP_X}
     assert plan.delete == () and plan.deletes() == []
 
 
 def test_record_keeps_only_what_succeeded():
-    sync = RouteSync()
+    sync = KernelMirror()
     plan = sync.plan_full({net(C): HOP_X, net(B): HOP_X, STRAY: HOP_X}, {A: HOP_X, V6: HOP_X6})
     failed = {net(V6): "ENETUNREACH", net(C): "EPERM", STRAY: "EPERM"}
     sync.record(plan, failed)
@@ -55,7 +55,7 @@ def test_record_keeps_only_what_succeeded():
 
 
 def test_some_plan_looks_only_at_the_given_addresses():
-    sync = RouteSync()
+    sync = KernelMirror()
     sync.plan_full({net(A): HOP_X, net(B): HOP_X}, {A: HOP_X, B: HOP_X})
     plan = sync.plan_some([A, C], {C: HOP_Y})
     assert dict(plan.replace) == {C: HOP_Y} and plan.delete == (A,)
@@ -67,7 +67,7 @@ def test_round_trip_through_the_dataplane_converges():
     """A plan applied by the (prefix-speaking) dataplane leaves nothing to do."""
     dataplane = FakeDataplane({net(C): HOP_X, STRAY: HOP_Y})
     desired = {A: HOP_X, B: HOP_Y, V6: HOP_X6}
-    sync = RouteSync()
+    sync = KernelMirror()
     plan = sync.plan_full(dataplane.dump(), desired)
     sync.record(plan, dataplane.apply(plan.routes(), plan.deletes()).failed)
     assert dataplane.owned == {net(A): HOP_X, net(B): HOP_Y, net(V6): HOP_X6}

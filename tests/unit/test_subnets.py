@@ -10,7 +10,7 @@ import pytest
 from meshroute.core import subnets
 from meshroute.core.codec import CodecError, decode, encode
 from meshroute.core.model import ClaimRecord, Delta, Header, Heartbeat, Snapshot, parse_destination
-from meshroute.core.reconcile import RouteSync
+from meshroute.core.reconcile import KernelMirror
 from meshroute.core.table import ClaimTable
 from meshroute.openvpn.events import parse_hook_datagram
 from meshroute.openvpn.status import parse_status, routed_subnets
@@ -238,7 +238,7 @@ def test_a_heartbeat_compares_host_and_subnet_digests_apart():
 
 
 def test_reconcile_installs_and_removes_subnet_routes_by_prefix():
-    sync = RouteSync()
+    sync = KernelMirror()
     plan = sync.plan_full({HOST: HOP_X, net("10.9.0.0/24"): HOP_X}, {SITE: HOP_Y, HOST: HOP_X})
     assert plan.replace == {SITE: HOP_Y} and plan.delete == (net("10.9.0.0/24"),)
     assert [(r.prefix, r.next_hop) for r in plan.routes()] == [(SITE, HOP_Y)]
@@ -248,7 +248,7 @@ def test_reconcile_installs_and_removes_subnet_routes_by_prefix():
 
 
 def test_a_kept_subnet_route_is_not_deleted():
-    sync = RouteSync()
+    sync = KernelMirror()
     plan = sync.plan_full({SITE: HOP_Y}, {}, keep=lambda key, hop: key == SITE)
     assert not plan
 
