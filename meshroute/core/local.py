@@ -228,6 +228,7 @@ class LocalClaims:
             and connected_since != current.connected_since
         ):
             return []  # the end of an older session of this client
+        log.debug("client %s at %s: session ended (hook): withdrawn", current.common_name, address)
         changes = self._remove(address, now)
         if common_name is not None and not is_subnet(address):
             for key, record in list(self.table.local.records.items()):
@@ -260,6 +261,10 @@ class LocalClaims:
         for address in [a for a in self.table.local.records if a not in seen]:
             entry = self._entries.get(address)
             if entry is None or entry.observed_at < fetched_at:
+                log.info(
+                    "client %s at %s: not in OpenVPN's status any more (no hook said so): "
+                    "withdrawn", self.table.local.records[address].common_name, address,
+                )  # fmt: skip
                 self._forget(address)
                 self.table.remove_local(address)
                 changes.append((address, None))
