@@ -27,7 +27,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from meshroute.core.model import Address, Network, RouteKey
+from meshroute.core.model import Address, RouteKey, key_parts
 
 # Netlink constants, copied from pyroute2.netlink / .rtnl (checked equal by
 # tests/unit/test_wire_constants.py): importing any pyroute2 submodule runs the
@@ -69,7 +69,7 @@ class Request:
     """One route message of a batch; an error ack names it by ``seq``."""
 
     seq: int
-    prefix: Network
+    key: RouteKey  # a host's address (its /32 or /128) or a subnet
     next_hop: Address | None  # None: delete
     exclusive: bool = False  # added with NLM_F_EXCL (a prefix we did not own)
 
@@ -82,11 +82,11 @@ class Encoder:
         self._heads: dict[tuple[int, int, bool], bytes] = {}
 
     def encode(self, request: Request) -> bytes:
-        prefix, next_hop = request.prefix, request.next_hop
-        dst = prefix.network_address.packed
-        key = (prefix.version, prefix.prefixlen, next_hop is None)
+        (address, prefixlen), next_hop = key_parts(request.key), request.next_hop
+        dst = address.packed
+        key = (address.version, prefixlen, next_hop is None)
         head = self._heads.get(key) or self._head(*key)
-        body = head + dst if next_hop is None else head + dst + _gateway(prefix, next_hop)
+        body = head + dst if next_hop is None else head + dst + _gateway(address, next_hop)
         if next_hop is None:
             kind, flags = RTM_DELROUTE, NLM_F_REQUEST
         else:
@@ -181,9 +181,9 @@ def _setns(netns: str) -> None:
         os.close(fd)
 
 
-def _gateway(prefix: Network, next_hop: Address) -> bytes:
+def _gateway(destination: Address, next_hop: Address) -> bytes:
     raw = next_hop.packed
-    if next_hop.version == prefix.version:
+    if next_hop.version == destination.version:
         return RTA.pack(4 + len(raw), RTA_GATEWAY) + raw
     via = struct.pack("=H", FAMILY[next_hop.version]) + raw  # IPv4 prefix via IPv6 (RFC 5549)
     return RTA.pack(4 + len(via), RTA_VIA) + via + b"\0" * (-len(via) % 4)
