@@ -7,6 +7,9 @@ Memory: the dump is keyed by address for host routes (:func:`meshroute.core.mode
 route_key`) and handed over as it is; the only state kept here is the *set* of
 owned keys (the same objects the caller's mirror holds), not a second map of
 prefixes: at 100,000 routes a prefix-keyed copy cost ~50 MiB (docs/performance.md).
+Routes come in the same way, by key (a host's address, or a prefix of any length:
+a /32 or /128 given by a caller becomes its address), and are encoded from the key's
+address and length; no prefix object is made unless a route fails.
 
 Fast by construction (DESIGN.md targets: 10,000 routes within 2x ``ip -batch``; a
 no-change resync of 20,000 routes within 150 ms):
