@@ -10,8 +10,9 @@ a. Memory of one agent holding 100,000 claims from 100 peers (snapshots encoded,
    decoded and applied as the agent does), then with the core's route mirror of the
    same routes (``KernelMirror.installed``), then with what ``NetlinkDataplane`` keeps
    (the set of owned route keys: the same address objects, no prefix map);
-   RSS of a child process that imported what the agent imports (pika, pyroute2,
-   prometheus_client, click), and tracemalloc.
+   RSS of a child process that imported what the agent imports (pika,
+   prometheus_client, click, the netlink dataplane: no pyroute2 unless interfaces are
+   looked up), and tracemalloc.
 b. Churn: hook datagrams parsed and fed to ``AgentCore.on_connect``/``on_disconnect``
    in batches of 100, each batch followed by the agent's per-iteration work (tick,
    encode the deltas, take_dirty, desired_hops_for, plan_some, fake apply). And the
@@ -188,9 +189,9 @@ def memory_child(peers: int, per_peer: int, trace: bool) -> dict[str, float]:
     import click  # noqa: F401 - the agent process imports these; count them in
     import pika  # noqa: F401
     import prometheus_client  # noqa: F401
-    import pyroute2  # noqa: F401
 
-    import meshroute.agent.daemon  # noqa: F401
+    import meshroute.agent.daemon
+    import meshroute.dataplane.netlink  # noqa: F401 - no pyroute2 since 29 Nov (wire.py)
 
     gc.collect()
     if trace:
@@ -482,7 +483,7 @@ def memory_rows(args: argparse.Namespace) -> list[Row]:
     total_mb = mem["routes_rss"] * 2**20 / 1e6
     return [
         Row("a. RSS, python + pure core imported", f"{mem['core_only_rss']:.1f} MiB"),
-        Row("a. RSS, + pika, pyroute2, prometheus, click", f"{mem['base_rss']:.1f} MiB"),
+        Row("a. RSS, + pika, prometheus, click, dataplane", f"{mem['base_rss']:.1f} MiB"),
         Row("a. RSS delta, table 100k claims / 100 peers", f"{mem['table_delta']:.1f} MiB"),
         Row("a. RSS delta, + core mirror (KernelMirror)", f"{mem['mirror_delta']:.1f} MiB"),
         Row("a. RSS delta, + dataplane owned-key set", f"{mem['dataplane_delta']:.1f} MiB"),

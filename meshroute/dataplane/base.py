@@ -37,7 +37,9 @@ class Dataplane(Protocol):
         """Every owned route now in the kernel -> next hop; a host route is keyed by
         its address, any other prefix by itself (:func:`meshroute.core.model.route_key`)."""
 
-    def apply(self, replace: Iterable[Route], delete: Iterable[Network]) -> ApplyResult:
-        """Replace (add or change) and delete owned routes, in batches."""
+    def apply(self, replace: Iterable[Route], delete: Iterable[RouteKey]) -> ApplyResult:
+        """Replace (add or change) and delete owned routes, in batches. A route is
+        named by its key (a host's address) or by its prefix, /32 and /128 included;
+        ``failed`` names it by its prefix either way."""
 
     def close(self) -> None: ...

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from meshroute.core.model import Address, Network, Route, RouteKey, route_key
+from meshroute.core.model import Address, Network, Route, RouteKey, route_key, route_prefix
 from meshroute.dataplane.base import ApplyResult
 
 
@@ -67,16 +67,16 @@ class FakeDataplane:
             raise error
         return {route_key(prefix): hop for prefix, hop in self.owned.items()}
 
-    def apply(self, replace: Iterable[Route], delete: Iterable[Network]) -> ApplyResult:
+    def apply(self, replace: Iterable[Route], delete: Iterable[RouteKey]) -> ApplyResult:
         self.apply_calls += 1
         if self._next_apply_error is not None:
             error, self._next_apply_error = self._next_apply_error, None
             raise error
         result = ApplyResult()
-        for prefix in delete:
-            self._delete(prefix, result)
-        for route in replace:
-            self._replace(route, result)
+        for key in delete:
+            self._delete(route_prefix(key), result)
+        for route in replace:  # ``owned`` stays keyed by prefix for tests to read
+            self._replace(route_prefix(route.prefix), route.next_hop, result)
         return result
 
     def close(self) -> None:
@@ -132,25 +132,26 @@ class FakeDataplane:
             self.applied_deletes.append(prefix)
         result.deleted += 1
 
-    def _replace(self, route: Route, result: ApplyResult) -> None:
+    def _replace(self, prefix: Network, next_hop: Address, result: ApplyResult) -> None:
+        route = Route(prefix, next_hop)
         self.replace_requests.append(route)
-        error = self._replace_error(route)
+        error = self._replace_error(prefix, next_hop)
         if error is not None:
-            result.failed[route.prefix] = f"{route.prefix} via {route.next_hop}: {error}"
+            result.failed[prefix] = f"{prefix} via {next_hop}: {error}"
             return
-        if self.owned.get(route.prefix) != route.next_hop:
-            self.owned[route.prefix] = route.next_hop
+        if self.owned.get(prefix) != next_hop:
+            self.owned[prefix] = next_hop
             self.applied_replaces.append(route)
         result.replaced += 1
 
-    def _replace_error(self, route: Route) -> str | None:
-        if route.prefix.prefixlen == 0:
+    def _replace_error(self, prefix: Network, next_hop: Address) -> str | None:
+        if prefix.prefixlen == 0:
             return "refusing a default route"
-        if route.prefix in self._failing_prefixes:
-            return self._failing_prefixes[route.prefix]
-        if route.next_hop in self._failing_next_hops:
-            return self._failing_next_hops[route.next_hop]
-        if route.prefix not in self.owned and self._blocked(route.prefix):
+        if prefix in self._failing_prefixes:
+            return self._failing_prefixes[prefix]
+        if next_hop in self._failing_next_hops:
+            return self._failing_next_hops[next_hop]
+        if prefix not in self.owned and self._blocked(prefix):
             return f"EEXIST; a foreign route holds this prefix in table {self.table}"
         return None
 

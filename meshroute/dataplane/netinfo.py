@@ -7,6 +7,10 @@ OpenVPN's tun interface. ``meshroute check --backbone-openvpn`` also asks here
 whether the backbone interface will carry ``ADDR via PEER`` at all (a tun OpenVPN
 server with more than one peer server does not: :func:`backbone_warnings`).
 Nothing here changes the kernel.
+
+pyroute2 is imported in the functions that use it: its package ``__init__`` loads
+the whole library (~7.5 MiB RSS, docs/performance.md), and an agent whose config
+names its next hop and client networks never needs it.
 """
 
 from __future__ import annotations
@@ -14,8 +18,6 @@ from __future__ import annotations
 import ipaddress
 import pathlib
 from dataclasses import dataclass
-
-from pyroute2 import IPRoute
 
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
@@ -26,6 +28,8 @@ class InterfaceError(RuntimeError):
 
 def interface_addresses(ifname: str) -> list[Interface]:
     """Every address of ``ifname`` with its prefix length (link-local ones left out)."""
+    from pyroute2 import IPRoute  # here, not at the top: see the module docstring
+
     with IPRoute() as ipr:
         index = ipr.link_lookup(ifname=ifname)
         if not index:
@@ -88,6 +92,8 @@ ARPHRD_NONE = 65534
 def interface_kind(ifname: str) -> str | None:
     """``tun`` or ``tap`` for a tun/tap device, else its link kind (``veth``,
     ``wireguard``, ``bridge``...) or ``ether``; None if there is no such interface."""
+    from pyroute2 import IPRoute  # here, not at the top: see the module docstring
+
     with IPRoute() as ipr:
         index = ipr.link_lookup(ifname=ifname)
         if not index:

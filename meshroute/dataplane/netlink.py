@@ -7,6 +7,9 @@ Memory: the dump is keyed by address for host routes (:func:`meshroute.core.mode
 route_key`) and handed over as it is; the only state kept here is the *set* of
 owned keys (the same objects the caller's mirror holds), not a second map of
 prefixes: at 100,000 routes a prefix-keyed copy cost ~50 MiB (docs/performance.md).
+Routes come in the same way, by key (a host's address, or a prefix of any length:
+a /32 or /128 given by a caller becomes its address), and are encoded from the key's
+address and length; no prefix object is made unless a route fails.
 
 Fast by construction (DESIGN.md targets: 10,000 routes within 2x ``ip -batch``; a
 no-change resync of 20,000 routes within 150 ms):
@@ -50,10 +53,11 @@ import socket
 import threading
 import time
 from collections.abc import Iterable, Mapping
+from ipaddress import IPv4Network, IPv6Network
 
 import tenacity
 
-from meshroute.core.model import Address, Network, Route, RouteKey, route_key
+from meshroute.core.model import Address, Route, RouteKey, route_key, route_prefix
 from meshroute.dataplane import wire
 from meshroute.dataplane.base import ApplyResult
 
@@ -102,7 +106,7 @@ class NetlinkDataplane:
             self._owned = set(routes)
             return routes
 
-    def apply(self, replace: Iterable[Route], delete: Iterable[Network]) -> ApplyResult:
+    def apply(self, replace: Iterable[Route], delete: Iterable[RouteKey]) -> ApplyResult:
         """Deletes first, then replaces; chunked; failures reported per prefix."""
         with self._lock:
             started = time.perf_counter()
@@ -179,17 +183,16 @@ class NetlinkDataplane:
     # --- apply --------------------------------------------------------------------
 
     def _requests(
-        self, replace: Iterable[Route], delete: Iterable[Network], result: ApplyResult
+        self, replace: Iterable[Route], delete: Iterable[RouteKey], result: ApplyResult
     ) -> list[wire.Request]:
         owned = self._owned or set()
-        requests = [wire.Request(self._next_seq(), prefix, None) for prefix in delete]
-        latest = {route.prefix: route.next_hop for route in replace}  # a repeat: last wins
-        for prefix, next_hop in latest.items():
-            if prefix.prefixlen == 0:
-                result.failed[prefix] = f"{prefix}: refusing a default route"
+        requests = [wire.Request(self._next_seq(), _as_key(key), None) for key in delete]
+        latest = {_as_key(route.prefix): route.next_hop for route in replace}  # last wins
+        for key, next_hop in latest.items():
+            if isinstance(key, (IPv4Network, IPv6Network)) and key.prefixlen == 0:
+                result.failed[key] = f"{key}: refusing a default route"
                 continue
-            exclusive = route_key(prefix) not in owned
-            requests.append(wire.Request(self._next_seq(), prefix, next_hop, exclusive))
+            requests.append(wire.Request(self._next_seq(), key, next_hop, key not in owned))
         return requests
 
     def _run_chunk(self, chunk: list[wire.Request], result: ApplyResult) -> list[wire.Request]:
@@ -269,20 +272,19 @@ class NetlinkDataplane:
         code, detail = error or (0, "")
         if request.next_hop is None and code in (0, errno.ESRCH):
             result.deleted += 1
-            self._owned.discard(route_key(request.prefix))
+            self._owned.discard(request.key)
         elif request.next_hop is not None and code == 0:
             result.replaced += 1
-            self._owned.add(route_key(request.prefix))
+            self._owned.add(request.key)
         else:
             text = self._failure_text(request, code, detail)
-            result.failed[request.prefix] = text
+            result.failed[route_prefix(request.key)] = text
             log.warning("route failed: %s", text)
 
     def _failure_text(self, request: wire.Request, code: int, detail: str) -> str:
+        prefix = route_prefix(request.key)
         what = (
-            f"delete {request.prefix}"
-            if request.next_hop is None
-            else f"{request.prefix} via {request.next_hop}"
+            f"delete {prefix}" if request.next_hop is None else f"{prefix} via {request.next_hop}"
         )
         text = f"{what}: {wire.errno_text(code)}"
         if detail:
@@ -299,11 +301,18 @@ class NetlinkDataplane:
         routes = self._retrying(self._dump_once)
         self._owned = set(routes)
         for request in uncertain:
-            now = routes.get(route_key(request.prefix))
+            now = routes.get(request.key)
             if now == request.next_hop:  # deleted: both None; replaced: same next hop
                 result.deleted += request.next_hop is None
                 result.replaced += request.next_hop is not None
             else:
                 text = self._failure_text(request, errno.ENOBUFS, "outcome lost, kernel disagrees")
-                result.failed[request.prefix] = text
+                result.failed[route_prefix(request.key)] = text
                 log.warning("route failed: %s", text)
+
+
+def _as_key(destination: RouteKey) -> RouteKey:
+    """A route's key: a /32 or /128 prefix given by a caller becomes its address."""
+    if isinstance(destination, (IPv4Network, IPv6Network)):
+        return route_key(destination)
+    return destination

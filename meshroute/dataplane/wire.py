@@ -17,6 +17,7 @@ Invariants:
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import ipaddress
 import os
@@ -26,29 +27,21 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pyroute2 import netns as pyroute2_netns
-from pyroute2.netlink import (
-    NETLINK_EXT_ACK,
-    NETLINK_GET_STRICT_CHK,
-    NLM_F_ACK,
-    NLM_F_ACK_TLVS,
-    NLM_F_CAPPED,
-    NLM_F_CREATE,
-    NLM_F_DUMP,
-    NLM_F_DUMP_INTR,
-    NLM_F_EXCL,
-    NLM_F_REPLACE,
-    NLM_F_REQUEST,
-    NLMSG_DONE,
-    NLMSG_ERROR,
-    NLMSG_NOOP,
-    SOL_NETLINK,
-)
-from pyroute2.netlink.rtnl import RTM_DELROUTE, RTM_GETROUTE, RTM_NEWROUTE
+from meshroute.core.model import Address, RouteKey, key_parts
 
-from meshroute.core.model import Address, Network, RouteKey
-
+# Netlink constants, copied from pyroute2.netlink / .rtnl (checked equal by
+# tests/unit/test_wire_constants.py): importing any pyroute2 submodule runs the
+# package's __init__, which loads the whole library (~7.5 MiB RSS, docs/performance.md).
+NLMSG_NOOP, NLMSG_ERROR, NLMSG_DONE = 1, 2, 3
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP_INTR = 0x1, 0x4, 0x10
+NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x100, 0x200, 0x400
+NLM_F_DUMP = 0x300  # NLM_F_ROOT | NLM_F_MATCH
+NLM_F_CAPPED, NLM_F_ACK_TLVS = 0x100, 0x200  # flags of an error ack
+RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
+SOL_NETLINK, NETLINK_EXT_ACK, NETLINK_GET_STRICT_CHK = 270, 11, 12
 NETLINK_CAP_ACK = 10  # errors echo only the request header (not in pyroute2 0.9)
+CLONE_NEWNET = 0x40000000
+NETNS_RUN_DIR = "/var/run/netns"  # where `ip netns add NAME` mounts the namespace
 SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33  # root may exceed net.core.[rw]mem_max
 RTA_DST, RTA_GATEWAY, RTA_TABLE, RTA_VIA = 1, 5, 15, 18
 RTN_UNICAST, RT_SCOPE_UNIVERSE, RT_SCOPE_NOWHERE = 1, 0, 255
@@ -76,7 +69,7 @@ class Request:
     """One route message of a batch; an error ack names it by ``seq``."""
 
     seq: int
-    prefix: Network
+    key: RouteKey  # a host's address (its /32 or /128) or a subnet
     next_hop: Address | None  # None: delete
     exclusive: bool = False  # added with NLM_F_EXCL (a prefix we did not own)
 
@@ -89,11 +82,11 @@ class Encoder:
         self._heads: dict[tuple[int, int, bool], bytes] = {}
 
     def encode(self, request: Request) -> bytes:
-        prefix, next_hop = request.prefix, request.next_hop
-        dst = prefix.network_address.packed
-        key = (prefix.version, prefix.prefixlen, next_hop is None)
+        (address, prefixlen), next_hop = key_parts(request.key), request.next_hop
+        dst = address.packed
+        key = (address.version, prefixlen, next_hop is None)
         head = self._heads.get(key) or self._head(*key)
-        body = head + dst if next_hop is None else head + dst + _gateway(prefix, next_hop)
+        body = head + dst if next_hop is None else head + dst + _gateway(address, next_hop)
         if next_hop is None:
             kind, flags = RTM_DELROUTE, NLM_F_REQUEST
         else:
@@ -156,7 +149,7 @@ def _socket_in_netns(netns: str | None) -> socket.socket:
 
     def enter_and_open() -> None:
         try:
-            pyroute2_netns.setns(netns, flags=0)  # flags=0: never create the namespace
+            _setns(netns)
             box["sock"] = _new_socket()
         except Exception as exc:  # handed to the caller's thread below
             box["error"] = exc
@@ -171,9 +164,26 @@ def _socket_in_netns(netns: str | None) -> socket.socket:
     return sock
 
 
-def _gateway(prefix: Network, next_hop: Address) -> bytes:
+def _setns(netns: str) -> None:
+    """Move the calling thread into ``netns`` (a name under /var/run/netns, or a path);
+    never creates it. os.setns from Python 3.12, libc's setns(2) before."""
+    path = netns if os.path.dirname(netns) else os.path.join(NETNS_RUN_DIR, netns)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if hasattr(os, "setns"):
+            os.setns(fd, CLONE_NEWNET)
+            return
+        libc = ctypes.CDLL(None, use_errno=True)  # the process's own libc
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"setns: {errno_text(code)}", path)
+    finally:
+        os.close(fd)
+
+
+def _gateway(destination: Address, next_hop: Address) -> bytes:
     raw = next_hop.packed
-    if next_hop.version == prefix.version:
+    if next_hop.version == destination.version:
         return RTA.pack(4 + len(raw), RTA_GATEWAY) + raw
     via = struct.pack("=H", FAMILY[next_hop.version]) + raw  # IPv4 prefix via IPv6 (RFC 5549)
     return RTA.pack(4 + len(via), RTA_VIA) + via + b"\0" * (-len(via) % 4)

@@ -46,6 +46,24 @@ def test_install_replace_delete_ipv4_and_ipv6(netns: Netns, dataplane: NetlinkDa
     assert by_prefix(dataplane.dump()) == {}
 
 
+def test_routes_named_by_key_install_as_host_prefixes(
+    netns: Netns, dataplane: NetlinkDataplane
+) -> None:
+    """Plan.routes() hands a host route over as its address (a subnet as itself)."""
+    v4, v6 = ipaddress.ip_address("10.100.100.17"), ipaddress.ip_address("2001:db8:100::17")
+    site = NET("10.100.120.0/24")
+    result = dataplane.apply([Route(v4, HOP4), Route(v6, HOP6), Route(site, HOP4)], [])
+    assert (result.replaced, result.ok) == (3, True)
+    assert netns.route_map(*OURS) == {NET(f"{v4}/32"): HOP4, NET(f"{v6}/128"): HOP6, site: HOP4}
+    assert dataplane.dump() == {v4: HOP4, v6: HOP6, site: HOP4}
+    unreachable = ipaddress.ip_address("198.51.100.9")  # no route to it
+    failed = dataplane.apply([Route(v4, unreachable)], []).failed
+    assert list(failed) == [NET(f"{v4}/32")]  # failures are named by prefix
+    result = dataplane.apply([], [v4, v6, site])
+    assert (result.deleted, result.ok) == (3, True)
+    assert netns.routes(*OURS) == []
+
+
 def test_replace_is_idempotent(netns: Netns, dataplane: NetlinkDataplane) -> None:
     routes = [Route(NET("10.100.100.8/32"), HOP4), Route(NET("2001:db8:100::8/128"), HOP6)]
     dataplane.apply(routes, [])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from meshroute.core.model import Route
+from meshroute.core.model import Route, key_parts
 from meshroute.core.reconcile import KernelMirror, Plan, diff
 from meshroute.dataplane.fake import FakeDataplane
 
@@ -29,8 +29,9 @@ def test_full_plan_from_a_dump_replaces_and_deletes_what_nobody_wants():
     plan = sync.plan_full(kernel, desired)
     assert dict(plan.replace) == {B: HOP_Y, V6: HOP_X6}
     assert set(plan.delete) == {C, STRAY}
-    assert set(plan.routes()) == {Route(net(B), HOP_Y), Route(net(V6), HOP_X6)}
-    assert sorted(map(str, plan.deletes())) == ["10.100.0.7/32", "10.100.1.0/24"]
+    # handed over by key: a host's address, a subnet's network (no /32 objects built)
+    assert set(plan.routes()) == {Route(B, HOP_Y), Route(V6, HOP_X6)}
+    assert sorted(map(str, plan.deletes())) == ["10.100.0.7", "10.100.1.0/24"]
     assert sync.installed == {A: HOP_X, B: HOP_X, C: HOP_X, STRAY: HOP_X}
     assert not sync.full_resync_needed
     assert plan.summary() == "2 to add or change, 2 to delete"
@@ -79,3 +80,9 @@ def test_round_trip_through_the_dataplane_converges():
 def test_an_empty_plan_is_false():
     assert not Plan()
     assert Plan(delete=(STRAY,))
+
+
+def test_key_parts_names_a_hosts_address_and_a_subnets_network():
+    assert key_parts(B) == (B, 32)
+    assert key_parts(V6) == (V6, 128)
+    assert key_parts(STRAY) == (STRAY.network_address, 24)
