@@ -26,7 +26,7 @@ the broker considers delivered has been applied to the table and the kernel.
 Size (above 300 lines): the one thread that owns the kernel and the core: the queue,
 the handlers of each input, publishing and the reconcile step share that thread's
 state. The reads of it are in readout.py, the answers in views.py and metrics.py; the
-reconcile driver is the next part to leave (issue 11: one owner of reconcile state).
+reconcile state is owned by :class:`~meshroute.core.reconcile.Reconciler`.
 """
 
 from __future__ import annotations
@@ -180,7 +180,7 @@ class Agent:
         # (when, body, message id) of the last heartbeat the loop published
         self._last_heartbeat: tuple[float, bytes, str] | None = None
         self.keeper_heartbeats = 0
-        self.on_iteration: Callable[[Agent], None] | None = None  # metrics hook
+        self.on_iteration: Callable[[Agent], None] | None = None  # the daemon's watchdog
 
     # --- inputs, from any thread ------------------------------------------------
 
