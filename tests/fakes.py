@@ -70,6 +70,10 @@ def render_status(sessions: Iterable[FakeSession], clock_offset: int = 0) -> str
     return "\r\n".join(lines)
 
 
+STRAYS: list[str] = []
+"""Every stray connection any fake refused in this session (the summary prints them)."""
+
+
 @dataclass
 class FakeManagement:
     """One-client-at-a-time management server; knobs set before or between calls."""
@@ -83,16 +87,54 @@ class FakeManagement:
     commands: list[str] = field(default_factory=list)
     connections: int = 0
     closed_cleanly: int = 0
+    strays: list[str] = field(default_factory=list)
+    """Connections accepted on a socket other than this fake's own (refused)."""
+    thread: threading.Thread | None = None
+    stopped: bool = False
+
+    def __post_init__(self) -> None:
+        self.address = self.listener.getsockname()
 
     def serve(self) -> None:
-        while True:
+        while not self.stopped:
             try:
                 conn, _ = self.listener.accept()
             except OSError:
                 return
-            self.connections += 1
             with conn, contextlib.suppress(OSError):
+                # A thread blocked in accept() keeps its socket alive after close();
+                # if the descriptor number it reads is reused by a newer fake's
+                # listener, it would answer that fake's clients with this fake's
+                # status. Refuse anything that did not arrive at this fake's address.
+                if self.stopped or conn.getsockname() != self.address:
+                    stray = f"fake of {self.address!r} accepted at {conn.getsockname()!r}"
+                    self.strays.append(stray)
+                    STRAYS.append(stray)
+                    return
+                self.connections += 1
                 self._session(conn, conn.makefile("rb"))
+
+    def start(self) -> FakeManagement:
+        self.thread = threading.Thread(target=self.serve, daemon=True, name="fake-openvpn")
+        self.thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop serving and wait for the thread to end: a fake never outlives its test.
+
+        shutdown() wakes a thread blocked in accept() (close() alone does not, and the
+        thread would sit on the old socket for good); the join proves it is gone.
+        """
+        self.stopped = True
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        if self.thread is not None:
+            self.thread.join(10)
+            if self.thread.is_alive():
+                raise AssertionError(f"fake OpenVPN on {self.address!r} did not stop")
+        if self.strays:
+            raise AssertionError(f"fake OpenVPN on {self.address!r} was reached at {self.strays}")
 
     def _send(self, conn: socket.socket, data: bytes) -> None:
         if self.delay:
@@ -139,9 +181,7 @@ class FakeManagement:
 
 def serve_fake_management(listener: socket.socket, **knobs) -> FakeManagement:
     """Start serving on ``listener`` (bound and listening) in a daemon thread."""
-    fake = FakeManagement(listener, **knobs)
-    threading.Thread(target=fake.serve, daemon=True).start()
-    return fake
+    return FakeManagement(listener, **knobs).start()
 
 
 def unix_listener(path: Path) -> socket.socket:

@@ -228,7 +228,7 @@ class Mesh:
         for agent in self.agents.values():
             agent.stop()
             if agent.fake is not None:
-                agent.fake.listener.close()
+                agent.fake.close()
         for agent in self.agents.values():
             subprocess.run(["ip", "netns", "del", agent.netns], check=False, capture_output=True)
 

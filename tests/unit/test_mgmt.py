@@ -9,7 +9,6 @@ serves one client at a time.
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,9 +34,7 @@ Fake = tuple[FakeManagement, MgmtEndpoint]
 
 
 def start(listener: socket.socket) -> FakeManagement:
-    fake = FakeManagement(listener)
-    threading.Thread(target=fake.serve, daemon=True).start()
-    return fake
+    return FakeManagement(listener).start()
 
 
 @pytest.fixture
@@ -45,8 +42,9 @@ def tcp_fake() -> Iterator[Fake]:
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
-    yield start(listener), MgmtEndpoint.tcp("127.0.0.1", listener.getsockname()[1])
-    listener.close()
+    fake = start(listener)
+    yield fake, MgmtEndpoint.tcp("127.0.0.1", listener.getsockname()[1])
+    fake.close()
 
 
 @pytest.fixture
@@ -55,8 +53,9 @@ def unix_fake(tmp_path: Path) -> Iterator[Fake]:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(path))
     listener.listen(1)
-    yield start(listener), MgmtEndpoint.unix(path)
-    listener.close()
+    fake = start(listener)
+    yield fake, MgmtEndpoint.unix(path)
+    fake.close()
 
 
 @pytest.mark.parametrize("fixture", ["tcp_fake", "unix_fake"])
@@ -170,3 +169,17 @@ def test_read_password_file(tmp_path: Path) -> None:
         read_password_file(empty)
     with pytest.raises(MgmtError, match="cannot read"):
         read_password_file(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("fixture", ["tcp_fake", "unix_fake"])
+def test_a_closed_fake_stops_serving_for_good(fixture: str, request: pytest.FixtureRequest) -> None:
+    """The harness's own guard: close() ends the thread blocked in accept(). A thread
+    left there would hold the old socket and could, once its descriptor number is
+    reused, answer a later test's agent with this test's clients."""
+    fake, endpoint = request.getfixturevalue(fixture)
+    ManagementClient(endpoint, None, timeout=2).fetch_status()
+    assert eventually(lambda: fake.closed_cleanly == 1)
+    fake.close()
+    assert fake.thread is not None and not fake.thread.is_alive()
+    with pytest.raises(MgmtError, match="connection refused"):
+        ManagementClient(endpoint, None, timeout=1).fetch_status()
