@@ -127,8 +127,8 @@ class Settings:
     keepalive: float = 10.0  # a connected client sends at least this often
     last_ref_window: float = 30.0  # quiescence lets clients talk for 2 x this
     step: float = 0.1  # simulation tick (the agent loop's tick)
-    settle_step: float = 0.25  # the tick while a calm world settles (no faults left)
-    calm_step: float = 1.0  # the tick once it has settled (heartbeats and client traffic)
+    settle_step: float = 0.5  # the tick while a calm world settles (no faults left)
+    calm_step: float = 2.0  # the tick once it has settled (heartbeats and client traffic)
 
 
 @dataclass
