@@ -1,7 +1,8 @@
 """The e2e tier's shared lab: 3 servers and 6 clients, up once per module and backbone.
 
-``lab3`` runs every test that uses it once per backbone: the bridge and the OpenVPN
-tap hub (``--backbone openvpn``, see docs/backbone.md) in CI;
+``lab3`` runs every test that uses it once per backbone (the control-plane fault
+tests of test_lab3.py only on the bridge): the bridge and the OpenVPN tap hub
+(``--backbone openvpn``, see docs/backbone.md) in CI;
 ``MESHROUTE_E2E_BACKBONES=bridge,openvpn,openvpn-p2p`` picks others (each costs
 about a minute).
 
