@@ -72,6 +72,7 @@ def one_round(bench: Bench, peer: LightPeer, base: str, n: int, withdraw: bool,
     assert agent is not None and agent.proc is not None and monitor is not None
     pid = agent.proc.pid
     records = claims(base, n)
+    snapshots = peer.snapshots_sent
     os.kill(pid, signal.SIGSTOP)
     try:
         monitor.reset()
@@ -111,6 +112,8 @@ def one_round(bench: Bench, peer: LightPeer, base: str, n: int, withdraw: bool,
         "load_1min": round(load(), 2),
         "monitor_lost": monitor.lost,  # > 0: events_per_s is an upper bound
         "exact": exact,
+        # > 0: the agent asked for the peer's state during the round (and paid for it)
+        "peer_snapshots": peer.snapshots_sent - snapshots,
     }
 
 
