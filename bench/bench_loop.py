@@ -94,11 +94,10 @@ print(took * 1e6 / n)
 
 def child(mode: str, netns: str, source: Path | None = None) -> float:
     """One part in a fresh interpreter, with meshroute from ``source`` if given."""
-    env = dict(os.environ)
-    if source is not None:  # PYTHONPATH comes before the editable install's finder
-        env["PYTHONPATH"] = str(source)
+    # ``python -c`` puts its working directory first on sys.path: run it in the checkout.
+    cwd = source if source is not None else Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", CHILD, mode, netns], check=True,
-                         capture_output=True, text=True, env=env).stdout  # fmt: skip
+                         capture_output=True, text=True, cwd=cwd).stdout  # fmt: skip
     return float(out.strip().splitlines()[-1])
 
 

@@ -318,7 +318,8 @@ class ClaimTable:
             return
         peer.versions[address] = seq
         if delta.claim is None:
-            peer.refused.remove(address)
+            if peer.refused.records:
+                peer.refused.remove(address)
             self._peer_set(peer, address, None)
         else:
             self._admit_and_set(peer, delta.claim, now)
