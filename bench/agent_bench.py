@@ -159,7 +159,10 @@ class LightPeer:
         self.snapshots_sent = 0
         self.state_seq = 0  # seq of the last snapshot or delta sent (the heartbeat's)
         self.up = threading.Event()
-        self._lock = threading.Lock()
+        # Held from a message's seq to its publish: the heartbeat thread must never
+        # publish a state_seq whose delta is not on the wire yet (the agent would
+        # rightly ask for a snapshot, and a drain round would carry its cost).
+        self._lock = threading.RLock()
         self.bus = AmqpBus([url], name, EXCHANGE)
 
     def start(self) -> None:
@@ -190,34 +193,34 @@ class LightPeer:
     def send_snapshot(self, to: str | None) -> None:
         with self._lock:
             records = tuple(self.claim_set.records.values())
-        snap = Snapshot(self.header(), self.hop, None, records)
-        self.state_seq = snap.header.seq
-        self.bus.publish(codec.encode(snap), msg_type="snapshot",
-                         message_id=f"{self.name}-{snap.header.seq}", to=to)  # fmt: skip
-        self.snapshots_sent += 1
+            snap = Snapshot(self.header(), self.hop, None, records)
+            self.state_seq = snap.header.seq
+            self.bus.publish(codec.encode(snap), msg_type="snapshot",
+                             message_id=f"{self.name}-{snap.header.seq}", to=to)  # fmt: skip
+            self.snapshots_sent += 1
 
     def delta(self, address, record: ClaimRecord | None) -> None:
         """One claim (or its withdrawal, ``record=None``) as a delta to everyone."""
-        message = Delta(self.header(), address, record)
         with self._lock:
+            message = Delta(self.header(), address, record)
             if record is None:
                 self.claim_set.remove(address)
             else:
                 self.claim_set.set(record)
             self.state_seq = message.header.seq
-        self.bus.publish(codec.encode(message), msg_type="delta",
-                         message_id=f"{self.name}-{message.header.seq}")  # fmt: skip
+            self.bus.publish(codec.encode(message), msg_type="delta",
+                             message_id=f"{self.name}-{message.header.seq}")  # fmt: skip
 
     def heartbeat(self, to: str | None = None) -> None:
         with self._lock:
             count, digest, state_seq = len(self.claim_set), self.claim_set.digest, self.state_seq
-        beat = Heartbeat(self.header(), self.hop, None, state_seq=state_seq,
-                         count=count, digest=digest)  # fmt: skip
-        # Straight to the agent under test: fanned out, 100 peers' heartbeats would
-        # be 10,000 deliveries/s into this one Python process, which cannot keep up
-        # (bench_scale.py), and its answers to sync requests would lag behind them.
-        self.bus.publish(codec.encode(beat), msg_type="heartbeat",
-                         message_id=f"{self.name}-{beat.header.seq}", to=to)  # fmt: skip
+            beat = Heartbeat(self.header(), self.hop, None, state_seq=state_seq,
+                             count=count, digest=digest)  # fmt: skip
+            # Straight to the agent under test: fanned out, 100 peers' heartbeats would
+            # be 10,000 deliveries/s into this one Python process, which cannot keep up
+            # (bench_scale.py), and its answers to sync requests would lag behind them.
+            self.bus.publish(codec.encode(beat), msg_type="heartbeat",
+                             message_id=f"{self.name}-{beat.header.seq}", to=to)  # fmt: skip
 
 
 # A trial of "import only the pyroute2 the agent needs" without changing the code

@@ -12,6 +12,11 @@ routes in that namespace (another protocol and table), i.e. the kernel's share.
 
     .venv/bin/python bench/bench_drain.py --events 20000 --rounds 5        # root
     .venv/bin/python bench/bench_drain.py --profile /tmp/drain.txt        # py-spy
+    .venv/bin/python bench/bench_drain.py --rounds 2 --agent-source ../main   # side by side
+
+With ``--agent-source`` the rounds alternate between that checkout's agent and this
+one's (other, this, other, this, ...), each on a fresh node, agent and namespace,
+and the medians are printed per source.
 
 Nothing outside the namespace ``mrbd<pid>-a`` and loopback is touched.
 """
@@ -32,6 +37,8 @@ from collections import Counter
 from pathlib import Path
 
 from agent_bench import TRIAL_CORE, Bench, LightPeer, claims, cpu_seconds, load, median, rss_mib
+
+DEFAULT_SOURCE = Path(__file__).resolve().parents[1]  # this checkout
 
 SETTINGS = {
     "hold_time": "60",  # the paused agent must not expire its peer meanwhile
@@ -65,6 +72,7 @@ def one_round(bench: Bench, peer: LightPeer, base: str, n: int, withdraw: bool,
     assert agent is not None and agent.proc is not None and monitor is not None
     pid = agent.proc.pid
     records = claims(base, n)
+    snapshots = peer.snapshots_sent
     os.kill(pid, signal.SIGSTOP)
     try:
         monitor.reset()
@@ -104,6 +112,8 @@ def one_round(bench: Bench, peer: LightPeer, base: str, n: int, withdraw: bool,
         "load_1min": round(load(), 2),
         "monitor_lost": monitor.lost,  # > 0: events_per_s is an upper bound
         "exact": exact,
+        # > 0: the agent asked for the peer's state during the round (and paid for it)
+        "peer_snapshots": peer.snapshots_sent - snapshots,
     }
 
 
@@ -176,7 +186,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--profile", type=Path, help="py-spy the agent in one more add round")
     parser.add_argument("--agent-source", type=Path,
-                        help="run the agent from this checkout (default: this one)")  # fmt: skip
+                        help="side by side: rounds alternate between the agent from this "
+                             "checkout (label 'other') and this one ('this')")  # fmt: skip
     parser.add_argument("--trial-core", action="store_true",
                         help="the agent behind agent_bench.TRIAL_CORE")  # fmt: skip
     parser.add_argument("--prefetch", type=int,
@@ -188,10 +199,38 @@ def main() -> None:
             "\nimport meshroute.bus.amqp as _amqp\n"
             f"_amqp.AmqpBus.__init__.__kwdefaults__['prefetch'] = {args.prefetch}\n"
         )
-    bench = Bench(f"mrbd{os.getpid() % 10000}", SETTINGS, prelude)
+    sources: list[tuple[str, Path | None]] = [("this", None)]
+    if args.agent_source is not None:
+        sources.insert(0, ("other", args.agent_source.resolve()))
+    results: list[dict] = []
+    for r in range(args.rounds):
+        for label, source in sources:
+            profile = args.profile if r == args.rounds - 1 and label == "this" else None
+            base = str(ipaddress.ip_address("10.65.0.1") + r * args.events)
+            results += run(args.events, base, prelude, source, label, profile, r)
+    for label, _source in sources:
+        for kind in ("add", "withdraw"):
+            rows = [x for x in results if x["kind"] == kind and x["source"] == label]
+            print(json.dumps({
+                "median": kind,
+                "source": label,
+                "events_per_s": median([x["events_per_s"] for x in rows]),
+                "events_per_s_all": [x["events_per_s"] for x in rows],
+                "ip_batch_events_per_s": median([x[f"ip_batch_{kind}_events_per_s"] for x in rows]),
+                "agent_cpu_us_per_event": median([x["agent_cpu_us_per_event"] for x in rows]),
+                "agent_cpu_us_all": [x["agent_cpu_us_per_event"] for x in rows],
+                "load_1min": [x["load_1min"] for x in rows],
+            }))  # fmt: skip
+
+
+def run(n: int, base: str, prelude: str | None, source: Path | None, label: str,
+        profile: Path | None, index: int) -> list[dict]:  # fmt: skip
+    """One agent (from ``source``, default this checkout) on a node of its own: a warm-up,
+    then one add and one withdraw round of ``n`` (and a profiled add round if asked)."""
+    bench = Bench(f"mrbd{os.getpid() % 10000}{label[0]}{index}", SETTINGS, prelude)
+    results = []
     try:
-        if args.agent_source is not None:
-            bench.use_agent_source(args.agent_source.resolve())
+        bench.use_agent_source(source if source is not None else DEFAULT_SOURCE)
         bench.start_node()
         agent = bench.make_agent()
         (peer,) = bench.add_peers([()])
@@ -200,30 +239,19 @@ def main() -> None:
         bench.beat(1.0)
         one_round(bench, peer, "10.64.0.1", 1000, withdraw=False)  # warm-up
         one_round(bench, peer, "10.64.0.1", 1000, withdraw=True)
-        results = []
-        for r in range(args.rounds):
-            base = str(ipaddress.ip_address("10.65.0.1") + r * args.events)
-            for withdraw in (False, True):
-                result = one_round(bench, peer, base, args.events, withdraw)
-                result.update(ip_batch(bench.netns, base, args.events))
-                print(json.dumps(result), flush=True)
-                results.append(result)
-        for kind in ("add", "withdraw"):
-            rows = [r for r in results if r["kind"] == kind]
-            print(json.dumps({
-                "median": kind,
-                "events_per_s": median([r["events_per_s"] for r in rows]),
-                "ip_batch_events_per_s": median([r[f"ip_batch_{kind}_events_per_s"] for r in rows]),
-                "agent_cpu_us_per_event": median([r["agent_cpu_us_per_event"] for r in rows]),
-                "load_1min": [r["load_1min"] for r in rows],
-            }))  # fmt: skip
-        if args.profile is not None:
-            raw = args.profile.with_suffix(".raw")
-            print(json.dumps(one_round(bench, peer, "10.66.0.1", args.events, False, raw)))
-            args.profile.write_text(summarize_profile(raw))
-            print(f"profile: {args.profile}")
+        for withdraw in (False, True):
+            result = {"source": label, **one_round(bench, peer, base, n, withdraw)}
+            result.update(ip_batch(bench.netns, base, n))
+            print(json.dumps(result), flush=True)
+            results.append(result)
+        if profile is not None:
+            raw = profile.with_suffix(".raw")
+            print(json.dumps(one_round(bench, peer, "10.66.0.1", n, False, raw)))
+            profile.write_text(summarize_profile(raw))
+            print(f"profile: {profile}")
     finally:
         bench.close()
+    return results
 
 
 if __name__ == "__main__":

@@ -12,6 +12,10 @@ once everything is installed, its RSS (target 3 at 100 x 1,000).
     .venv/bin/python bench/bench_join.py --peers 50 --claims 200 --rounds 5    # 10,000
     .venv/bin/python bench/bench_join.py --peers 50 --claims 1000 --rounds 3   # 50,000
     .venv/bin/python bench/bench_join.py --peers 100 --claims 1000 --rounds 1  # memory
+    .venv/bin/python bench/bench_join.py --rounds 3 --agent-source ../main   # side by side
+
+With ``--agent-source`` the rounds alternate between that checkout's agent and this
+one's (other, this, other, this, ...) against the same peers; medians per source.
 
 Root (namespaces). Nothing outside ``mrbj<pid>-a`` and loopback is touched.
 """
@@ -30,6 +34,8 @@ from pathlib import Path
 
 from agent_bench import LIGHT_PYROUTE2, Bench, claims, cpu_seconds, ip, load, median, rss_mib
 from bench_drain import summarize_profile
+
+THIS_SOURCE = Path(__file__).resolve().parents[1]  # this checkout
 
 SETTINGS = {
     "hold_time": "15",
@@ -92,7 +98,8 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=5.0,
                         help="seconds after the last route before the RSS is read")  # fmt: skip
     parser.add_argument("--agent-source", type=Path,
-                        help="run the agent from this checkout (default: this one)")  # fmt: skip
+                        help="side by side: rounds alternate between the agent from this "
+                             "checkout (label 'other') and this one ('this')")  # fmt: skip
     parser.add_argument("--light-pyroute2", action="store_true",
                         help="the agent behind agent_bench.LIGHT_PYROUTE2")  # fmt: skip
     parser.add_argument("--profile", type=Path, help="py-spy the agent in one more round")
@@ -100,9 +107,13 @@ def main() -> None:
     settings = {**SETTINGS, "max_claims_per_peer": str(max(65536, args.claims))}
     prelude = LIGHT_PYROUTE2 if args.light_pyroute2 else None
     bench = Bench(f"mrbj{os.getpid() % 10000}", settings, prelude)
+    sources: list[tuple[str, Path]] = [("this", THIS_SOURCE)]
+    if args.agent_source is not None:
+        sources.insert(0, ("other", args.agent_source.resolve()))
+        for _label, source in sources:  # byte code for both, as make_agent does for one
+            subprocess.run([sys.executable, "-m", "compileall", "-q", str(source / "meshroute")],
+                           check=True, stdout=subprocess.DEVNULL)  # fmt: skip
     try:
-        if args.agent_source is not None:
-            bench.use_agent_source(args.agent_source.resolve())
         bench.start_node()
         bench.make_agent()
         base = int(ipaddress.ip_address("10.64.0.1"))
@@ -113,19 +124,28 @@ def main() -> None:
         n = args.peers * args.claims
         results = []
         for _ in range(args.rounds):
-            result = one_round(bench, n, args.settle)
-            print(json.dumps(result), flush=True)
-            results.append(result)
+            for label, source in sources:
+                bench.use_agent_source(source)
+                result = {"source": label, **one_round(bench, n, args.settle)}
+                print(json.dumps(result), flush=True)
+                results.append(result)
         if args.profile is not None:
+            bench.use_agent_source(THIS_SOURCE)
             raw = args.profile.with_suffix(".raw")
             print(json.dumps(one_round(bench, n, args.settle, raw)))
             args.profile.write_text(summarize_profile(raw))
             print(f"profile: {args.profile}")
-        print(json.dumps({
-            "median_join_s": median([r["join_s"] for r in results]),
-            "median_rss_mib": median([r["agent_rss_mib"] for r in results]),
-            "load_1min": [r["load_1min"] for r in results],
-        }))  # fmt: skip
+        for label, _source in sources:
+            rows = [r for r in results if r["source"] == label]
+            print(json.dumps({
+                "source": label,
+                "median_join_s": median([r["join_s"] for r in rows]),
+                "join_s_all": [r["join_s"] for r in rows],
+                "median_first_route_s": median([r["first_route_s"] for r in rows]),
+                "median_agent_cpu_s": median([r["agent_cpu_s"] for r in rows]),
+                "median_rss_mib": median([r["agent_rss_mib"] for r in rows]),
+                "load_1min": [r["load_1min"] for r in rows],
+            }))  # fmt: skip
     finally:
         bench.close()
 

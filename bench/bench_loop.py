@@ -15,6 +15,7 @@ What the real agent spends above ``loop-netlink`` is the bus: pika's I/O thread,
 the hand-over, and the two threads sharing the interpreter lock.
 
     .venv/bin/python bench/bench_loop.py --runs 3        # root for loop-netlink
+    .venv/bin/python bench/bench_loop.py --runs 5 --against ../main   # side by side
 """
 
 from __future__ import annotations
@@ -91,9 +92,12 @@ print(took * 1e6 / n)
 """
 
 
-def child(mode: str, netns: str) -> float:
+def child(mode: str, netns: str, source: Path | None = None) -> float:
+    """One part in a fresh interpreter, with meshroute from ``source`` if given."""
+    # ``python -c`` puts its working directory first on sys.path: run it in the checkout.
+    cwd = source if source is not None else Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", CHILD, mode, netns], check=True,
-                         capture_output=True, text=True).stdout  # fmt: skip
+                         capture_output=True, text=True, cwd=cwd).stdout  # fmt: skip
     return float(out.strip().splitlines()[-1])
 
 
@@ -104,10 +108,16 @@ def ip(*args: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--against", type=Path,
+                        help="side by side: each part also run with meshroute from this "
+                             "checkout, alternating (keys prefixed 'other_')")  # fmt: skip
     args = parser.parse_args()
     netns = f"mrbl{os.getpid() % 10000}"
     modes = ["core", "loop-fake", "loop-netlink"]
-    results: dict[str, list[float]] = {m: [] for m in modes}
+    sources: list[tuple[str, Path | None]] = [("", None)]
+    if args.against is not None:
+        sources.insert(0, ("other_", args.against.resolve()))
+    results: dict[str, list[float]] = {p + m: [] for p, _ in sources for m in modes}
     try:
         ip("netns", "add", netns)
         ip("-n", netns, "link", "set", "lo", "up")
@@ -117,10 +127,11 @@ def main() -> None:
         ip("-n", netns, "link", "set", "bb1", "up")
         for _ in range(args.runs):
             for mode in modes:
-                if mode == "loop-netlink":
-                    subprocess.run(["ip", "-n", netns, "route", "flush", "proto", "201"],
-                                   check=False, capture_output=True)  # fmt: skip
-                results[mode].append(child(mode, netns))
+                for prefix, source in sources:
+                    if mode == "loop-netlink":
+                        subprocess.run(["ip", "-n", netns, "route", "flush", "proto", "201"],
+                                       check=False, capture_output=True)  # fmt: skip
+                    results[prefix + mode].append(child(mode, netns, source))
     finally:
         subprocess.run(["ip", "netns", "del", netns], check=False, capture_output=True)
     sys.path.insert(0, str(Path(__file__).parent))

@@ -22,7 +22,8 @@ _NETWORKS = (IPv4Network, IPv6Network)  # a subnet claim's key
 
 def record_hash(record: ClaimRecord) -> int:
     """A 64-bit hash of one claim record (blake2b of ``address|cn|since|stamp``)."""
-    text = f"{record.address}|{record.common_name}|{record.connected_since}|{record.stamp}"
+    # !s: str() itself, not format(): the same text, without __format__'s parsing.
+    text = f"{record.address!s}|{record.common_name}|{record.connected_since}|{record.stamp}"
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
 
 

@@ -300,7 +300,11 @@ def _next_hops(obj: Mapping[str, Any]) -> dict[str, Any]:
     return {"next_hop": hop4, "next_hop6": hop6}
 
 
-def _claim(value: Any, where: str, *, subnet: bool = False) -> ClaimRecord:
+def _claim(
+    value: Any, where: str, *, subnet: bool = False, parsed: tuple[str, RouteKey] | None = None
+) -> ClaimRecord:
+    """One claim object. ``parsed`` is (text, key) of an address already validated
+    (a delta's own ``address``): the same text is not parsed a second time."""
     if not isinstance(value, dict):
         raise CodecError(f"{where}: expected an object, got {type(value).__name__}")
     try:
@@ -310,8 +314,13 @@ def _claim(value: Any, where: str, *, subnet: bool = False) -> ClaimRecord:
                 f"field 'cn': longer than {MAX_COMMON_NAME} characters "
                 "or contains control characters"
             )
+        text = value.get("address")
+        if parsed is not None and type(text) is str and text == parsed[0]:
+            address = parsed[1]  # the same text: the same check, the same result
+        else:
+            address = _subnet(value, "address") if subnet else _address(value, "address")
         return ClaimRecord(
-            address=_subnet(value, "address") if subnet else _address(value, "address"),
+            address=address,
             common_name=cn,
             connected_since=_int(value, "since"),
             stamp=_int(value, "stamp"),
@@ -334,19 +343,25 @@ def _claim_list(
     items = _field(obj, name, list)
     if len(items) > MAX_CLAIMS:
         raise CodecError(f"field {name!r}: {len(items)} claims exceed the limit {MAX_CLAIMS}")
-    claims = tuple(_claim(item, f"{name}[{i}]", subnet=subnet) for i, item in enumerate(items))
+    claims = []
+    for i, item in enumerate(items):
+        try:
+            claims.append(_claim(item, "", subnet=subnet))
+        except CodecError as exc:  # named only when refused: no text made per claim
+            raise CodecError(f"{name}[{i}]{exc}") from None
     seen: set[RouteKey] = set()
     for i, claim in enumerate(claims):
         if claim.address in seen:
             raise CodecError(f"{name}[{i}]: duplicate address {claim.address}")
         seen.add(claim.address)
-    return claims
+    return tuple(claims)
 
 
 def _delta(obj: Mapping[str, Any], header: Header) -> Delta:
     address = _destination(obj, "address")
     raw = _field(obj, "claim", dict, nullable=True)
-    claim = None if raw is None else _claim(raw, "claim", subnet=is_subnet(address))
+    parsed = (obj["address"], address)
+    claim = None if raw is None else _claim(raw, "claim", subnet=is_subnet(address), parsed=parsed)
     if claim is not None and claim.address != address:
         raise CodecError(f"claim: address {claim.address} differs from field 'address' {address}")
     return Delta(header=header, address=address, claim=claim)

@@ -225,12 +225,15 @@ class AgentCore:
                 if header.sent_ms is not None:
                     self._own_transit.add(header.sent_ms, self.clock.wall())
             return
-        was_synced = self._synced_peers()
+        # A message changes its sender's view alone (table.apply touches no other
+        # peer), so only the sender can have become synced: no walk over every peer.
+        was_synced = self._peer_synced(header.origin)
         reaction = self.table.apply(message, now)
         if isinstance(message, Snapshot) and message.echo and not self.local_known:
             self.local.provisional(message.echo)
-        self._note_contests(now)
-        if self._synced_peers() - was_synced:
+        if self.table.contested:
+            self._note_contests(now)
+        if not was_synced and self._peer_synced(header.origin):
             self.full_resync_wanted = True
         if reaction.send_snapshot_to is not None:
             if self.local_known:
@@ -292,8 +295,9 @@ class AgentCore:
             self._unknown_released = True  # a silent unknown hop is now a dead one
             self.full_resync_wanted = True
 
-    def _synced_peers(self) -> set[str]:
-        return {name for name, peer in self.table.peers.items() if peer.synced}
+    def _peer_synced(self, name: str) -> bool:
+        peer = self.table.peers.get(name)
+        return peer is not None and peer.synced
 
     def _note_contests(self, now: float) -> None:
         contested = self.table.contested

@@ -233,6 +233,68 @@ def test_delta_claim_must_match_its_address():
     assert "differs from field 'address'" in _error(obj)
 
 
+def test_a_refused_claim_is_named_by_its_list_and_index_exactly():
+    obj = _valid_obj()
+    obj["claims"] = [dict(obj["claims"][0]), dict(obj["claims"][0], address="10.8.0.7"), 5]
+    obj["claims"][1]["cn"] = None
+    assert _error(obj) == "claims[1]: field 'cn': expected str, got NoneType"
+    obj["claims"][1]["cn"] = "c"
+    assert _error(obj) == "claims[2]: expected an object, got int"
+
+
+def _delta_obj(address: object, claim_address: object) -> dict:
+    obj = {"v": 1, "type": "delta", "origin": "a1", "epoch": 1, "seq": 1, "address": address}
+    obj["claim"] = {"address": claim_address, "cn": "c", "since": 1, "stamp": 1}
+    return obj
+
+
+@pytest.mark.parametrize(
+    ("address", "claim_address", "expected"),
+    [
+        # The delta's address text is parsed once and reused for the same claim text:
+        # the claim's own checks must still refuse what they refused.
+        ("10.8.0.300", "10.8.0.300", "field 'address': '10.8.0.300' is not an IP address"),
+        ("10.8.0.6", " 10.8.0.6", "claim: field 'address': ' 10.8.0.6' is not a bare host"),
+        ("10.8.0.6", 167772166, "claim: field 'address': expected str, got int"),
+        ("10.8.0.0/24", "10.8.0.0/24", None),  # a subnet: decoded (the table judges it)
+        ("10.8.0.6", "10.8.0.6/32", "claim: field 'address': '10.8.0.6/32' is not a bare"),
+    ],
+)
+def test_a_delta_claim_address_is_checked_like_any_other(address, claim_address, expected):
+    obj = _delta_obj(address, claim_address)
+    if expected is None:
+        msg = decode(_body(obj), user_id="a1")
+        assert isinstance(msg, Delta) and msg.claim is not None
+        assert msg.claim.address == msg.address == ipaddress.ip_network("10.8.0.0/24")
+        return
+    assert expected in _error(obj)
+
+
+def test_a_delta_claim_with_another_spelling_of_the_same_address_is_the_same_claim():
+    msg = decode(_body(_delta_obj("2001:db8::1", "2001:DB8:0::1")), user_id="a1")
+    assert isinstance(msg, Delta) and msg.claim is not None
+    assert msg.claim.address == msg.address == ipaddress.ip_address("2001:db8::1")
+
+
+def test_a_delta_claim_reuses_the_address_parsed_for_the_delta():
+    msg = decode(_body(_delta_obj("10.8.0.6", "10.8.0.6")), user_id="a1")
+    assert isinstance(msg, Delta) and msg.claim is not None
+    assert msg.claim.address is msg.address  # one parse, one object (and its memory)
+
+
+def test_record_hash_is_blake2b_of_the_documented_text():
+    # docs/protocol.md "Claim digest": the text, not a representation of ours.
+    import hashlib
+
+    from meshroute.core.claimset import record_hash
+
+    for address in ("10.8.0.6", "2001:db8::1"):
+        record = ClaimRecord(ipaddress.ip_address(address), "cn x", 1700000000, 1700000000123)
+        text = f"{address}|cn x|1700000000|1700000000123".encode()
+        expected = int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big")
+        assert record_hash(record) == expected
+
+
 def test_heartbeat_digest_format():
     obj = {"v": 1, "type": "heartbeat", "origin": "a1", "epoch": 1, "seq": 1}
     obj |= {"next_hop": None, "next_hop6": None, "state_seq": 1, "count": 0, "digest": "XYZ"}
