@@ -141,14 +141,36 @@ class KernelMirror:
         ``kernel`` is keyed as :meth:`meshroute.dataplane.base.Dataplane.dump` keys it:
         a host route by its address, anything else by its prefix (the same keys as
         the claims').
+
+        Speed and memory (a no-change resync of 20,000 routes within 1.5x ``ip route
+        show``; 100,000 routes in a small agent): one look-up per desired route, no
+        pass over the dump for deletes when every dumped key was found desired, and
+        when the kernel holds exactly what is desired the mirror is a copy of
+        ``desired`` (the claims' own key objects, hashes reused), so the dump's
+        100,000 fresh address objects (~9 MiB) are not kept.
         """
-        self.installed = {}
-        for key, hop in kernel.items():
-            if isinstance(key, (IPv4Network, IPv6Network)):
-                key = route_key(key)  # a /32 or /128 is named by its address
-            self.installed[key] = hop
+        kernel = _host_keys(kernel)
+        replace: dict[RouteKey, Address] = {}
+        found = differs = 0
+        for key, want in desired.items():
+            have = kernel.get(key)
+            if have is None:
+                replace[key] = want
+                continue
+            found += 1
+            if have is not want and have != want:
+                differs += 1
+                if not keep(key, have):
+                    replace[key] = want
+        if found == len(kernel) == len(desired) and not differs:
+            self.installed = dict(desired)  # the kernel holds just that
+        else:
+            self.installed = dict(kernel)
         self.full_resync_needed = False
-        return diff(desired, self.installed, allow_delete=allow_delete, keep=keep)
+        if not allow_delete or found == len(kernel):  # every dumped route is desired
+            return Plan(replace, ())
+        delete = tuple(a for a, hop in kernel.items() if a not in desired and not keep(a, hop))
+        return Plan(replace, delete)
 
     def plan_some(
         self,
@@ -176,6 +198,17 @@ class KernelMirror:
         for key in plan.delete:
             if key not in failed_keys:
                 self.installed.pop(key, None)
+
+
+def _host_keys(kernel: Mapping[RouteKey, Address]) -> Mapping[RouteKey, Address]:
+    """``kernel`` with a /32 or /128 prefix key named by its address (a dataplane's
+    dump does that already: then ``kernel`` itself, nothing copied)."""
+    if not any(isinstance(key, (IPv4Network, IPv6Network)) for key in kernel):
+        return kernel
+    return {
+        route_key(key) if isinstance(key, (IPv4Network, IPv6Network)) else key: hop
+        for key, hop in kernel.items()
+    }
 
 
 class Reconciler:
