@@ -222,14 +222,32 @@ class Reconciler:
     the core asks for one (a peer's state arrived, a peer expired), after a failure
     and every ``resync_interval``; otherwise a plan for the addresses whose claims
     changed. What may be deleted is the core's call (:meth:`AgentCore.keeps_route`).
+
+    Slices: a plan of more than ``slice_size`` routes (a join, a peer's snapshot, a
+    resync after drift) is handed out ``slice_size`` routes per call, deletes first;
+    the rest waits as keys only (:attr:`busy` meanwhile) and each later slice is
+    planned afresh from the current claims and the mirror, together with whatever
+    changed since, so a change that arrives meanwhile wins and the mirror is right
+    after every slice. Why: a first apply of 100,000 routes held 100,000 routes'
+    worth of plan, routes and requests at once (glibc kept the heap) and blocked the
+    loop for seconds (DESIGN.md rule 10; docs/performance.md). A full resync starts
+    the slices over from its own dump; a periodic one waits until they are done.
     """
 
-    def __init__(self, resync_interval: float) -> None:
+    def __init__(self, resync_interval: float, slice_size: int = 10_000) -> None:
         self.mirror = KernelMirror()
         self.resync_interval = resync_interval
+        self.slice_size = slice_size
         self.next_resync = 0.0
         self.full_resyncs = 0
         self._was_synced = False
+        self._pending: list[RouteKey] = []  # keys of a large plan not handed out yet
+        self._pending_at = 0
+
+    @property
+    def busy(self) -> bool:
+        """True while slices of a large plan are still to come (call :meth:`plan` soon)."""
+        return self._pending_at < len(self._pending)
 
     def queue_resync(self) -> None:
         self.mirror.full_resync_needed = True
@@ -249,16 +267,46 @@ class Reconciler:
             core.full_resync_wanted = False
             self.queue_resync()
         table, keep = core.table, core.keeps_route(now)
-        if self.mirror.full_resync_needed or now >= self.next_resync:
+        if self.mirror.full_resync_needed or (now >= self.next_resync and not self.busy):
             table.take_dirty()
             kernel = dump()
             self.next_resync = now + self.resync_interval
             self.full_resyncs += 1
-            return self.mirror.plan_full(kernel, table.desired_hops(own_hops), keep=keep)
+            self._pending, self._pending_at = [], 0
+            plan = self.mirror.plan_full(kernel, table.desired_hops(own_hops), keep=keep)
+            return self._first_slice(plan)
         dirty = table.take_dirty()
-        if not dirty:
+        if self.busy:
+            keys = self._next_keys()
+            keys.update(dirty)
+        elif dirty:
+            keys = dirty
+        else:
             return Plan()
-        return self.mirror.plan_some(dirty, table.desired_hops_for(dirty, own_hops), keep=keep)
+        plan = self.mirror.plan_some(keys, table.desired_hops_for(keys, own_hops), keep=keep)
+        return self._first_slice(plan)
+
+    def _first_slice(self, plan: Plan) -> Plan:
+        """``plan`` itself if small; else its first slice, the other keys kept for later."""
+        if len(plan.replace) + len(plan.delete) <= self.slice_size:
+            return plan
+        self._pending = [*self._pending[self._pending_at :], *plan.delete, *plan.replace]
+        self._pending_at = 0
+        first = self._pending[: self.slice_size]
+        self._pending_at = len(first)
+        cut = set(first)
+        return Plan(
+            {key: hop for key, hop in plan.replace.items() if key in cut},
+            tuple(key for key in plan.delete if key in cut),
+        )
+
+    def _next_keys(self) -> set[RouteKey]:
+        start = self._pending_at
+        self._pending_at = min(start + self.slice_size, len(self._pending))
+        keys = set(self._pending[start : self._pending_at])
+        if not self.busy:
+            self._pending, self._pending_at = [], 0  # done: free the keys
+        return keys
 
     def record(self, plan: Plan, failed: Mapping[Network, str]) -> None:
         self.mirror.record(plan, failed)
