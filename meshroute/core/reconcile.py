@@ -287,17 +287,17 @@ class Reconciler:
         return self._first_slice(plan)
 
     def _first_slice(self, plan: Plan) -> Plan:
-        """``plan`` itself if small; else its first slice, the other keys kept for later."""
+        """``plan`` itself if small; else its first slice (deletes first), the keys of
+        the rest queued behind those still waiting."""
         if len(plan.replace) + len(plan.delete) <= self.slice_size:
             return plan
-        self._pending = [*self._pending[self._pending_at :], *plan.delete, *plan.replace]
+        keys = [*plan.delete, *plan.replace]
+        first = set(keys[: self.slice_size])
+        self._pending = [*self._pending[self._pending_at :], *keys[self.slice_size :]]
         self._pending_at = 0
-        first = self._pending[: self.slice_size]
-        self._pending_at = len(first)
-        cut = set(first)
         return Plan(
-            {key: hop for key, hop in plan.replace.items() if key in cut},
-            tuple(key for key in plan.delete if key in cut),
+            {key: hop for key, hop in plan.replace.items() if key in first},
+            tuple(key for key in plan.delete if key in first),
         )
 
     def _next_keys(self) -> set[RouteKey]:

@@ -196,3 +196,26 @@ def test_a_full_resync_is_sliced_too() -> None:
             break
     assert dataplane.sizes == [SMALL_SLICE, SMALL_SLICE, SMALL - 2 * SMALL_SLICE]
     assert kernel(dataplane) == {address(i): HOP for i in range(SMALL)}
+
+
+def test_a_second_large_change_meanwhile_keeps_the_slices_full() -> None:
+    """Many deltas arrive while slices are pending: their routes are planned with the
+    next slice and queue behind the rest, and every slice still carries
+    ``slice_size`` routes (none wasted on keys that were planned elsewhere)."""
+    agent, _, dataplane = make_agent()
+    epoch = join_peer(agent, "p", HOP, SMALL)
+    agent._iterate()  # the first slice
+    more = SMALL - SMALL_SLICE  # as many again as are still pending
+    now = int(time.time())
+    for i in range(more):
+        added = address(SMALL + i)
+        record = ClaimRecord(added, f"d{i}", now, now * 1000)
+        body = codec.encode(Delta(Header("p", epoch, 3 + i), added, record))
+        agent.on_message(envelope(body, "p", f"d{i}"))
+    while True:
+        agent._iterate()
+        assert agent.mirror.installed == kernel(dataplane)
+        if not agent.reconciler.busy:
+            break
+    assert kernel(dataplane) == {address(i): HOP for i in range(SMALL + more)}
+    assert dataplane.sizes == [SMALL_SLICE] * ((SMALL + more) // SMALL_SLICE), dataplane.sizes
