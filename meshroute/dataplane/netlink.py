@@ -5,7 +5,7 @@ The stateful half: batching, retries, locking and which routes are ours. The byt
 
 Memory: the dump is keyed by address for host routes (:func:`meshroute.core.model.
 route_key`) and handed over as it is; the only state kept here is the *set* of
-owned keys (an IPv4 host as its address's own integer, :func:`_token`), not a second
+owned keys (:class:`.owned.OwnedKeys`: IPv4 hosts as bits of per-/24 masks), not a second
 map of prefixes: at 100,000 routes a prefix-keyed copy cost ~50 MiB
 (docs/performance.md). A batch's requests are made one chunk at a time, and the C
 heap is trimmed after large work (:mod:`.heap`).
@@ -56,13 +56,14 @@ import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from ipaddress import IPv4Address, IPv4Network, IPv6Network
+from ipaddress import IPv4Network, IPv6Network
 
 import tenacity
 
 from meshroute.core.model import Address, Route, RouteKey, route_key, route_prefix
 from meshroute.dataplane import heap, wire
 from meshroute.dataplane.base import ApplyResult
+from meshroute.dataplane.owned import OwnedKeys
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ class NetlinkDataplane:
         self._chunk, self._bufsize, self._timeout = chunk, bufsize, timeout
         self._lock = threading.Lock()
         self._seq = 0
-        self._owned: set[object] | None = None  # tokens (_token) as of the last dump + ours
+        self._owned: OwnedKeys | None = None  # as of the last dump and our changes
         self._encoder = wire.Encoder(table, protocol)
         self._parser = wire.DumpParser(protocol, table)
         self._retrying = tenacity.Retrying(
@@ -108,7 +109,7 @@ class NetlinkDataplane:
         """Owned routes now in the kernel. A gateway-less one maps to 0.0.0.0 / ::."""
         with self._lock:
             routes = self._retrying(self._dump_once)
-            self._owned = _tokens(routes)
+            self._owned = OwnedKeys(routes)
             self._trimmer.done(len(routes))
             return routes
 
@@ -120,7 +121,7 @@ class NetlinkDataplane:
         with self._lock:
             started = time.perf_counter()
             if self._owned is None:
-                self._owned = _tokens(self._retrying(self._dump_once))
+                self._owned = OwnedKeys(self._retrying(self._dump_once))
             result = ApplyResult()
             requests = self._requests(replace, delete, result)
             uncertain: list[wire.Request] = []
@@ -201,12 +202,12 @@ class NetlinkDataplane:
         for key in delete:
             yield wire.Request(self._next_seq(), _as_key(key), None)
         latest = {_as_key(route.prefix): route.next_hop for route in replace}  # last wins
-        owned = self._owned if self._owned is not None else set()
+        owned = self._owned if self._owned is not None else OwnedKeys()
         for key, next_hop in latest.items():
             if isinstance(key, (IPv4Network, IPv6Network)) and key.prefixlen == 0:
                 result.failed[key] = f"{key}: refusing a default route"
                 continue
-            yield wire.Request(self._next_seq(), key, next_hop, _token(key) not in owned)
+            yield wire.Request(self._next_seq(), key, next_hop, key not in owned)
 
     def _run_chunk(self, chunk: list[wire.Request], result: ApplyResult) -> list[wire.Request]:
         """Send one chunk, read its errors; return the requests whose outcome was lost."""
@@ -285,10 +286,10 @@ class NetlinkDataplane:
         code, detail = error or (0, "")
         if request.next_hop is None and code in (0, errno.ESRCH):
             result.deleted += 1
-            self._owned.discard(_token(request.key))
+            self._owned.discard(request.key)
         elif request.next_hop is not None and code == 0:
             result.replaced += 1
-            self._owned.add(_token(request.key))
+            self._owned.add(request.key)
         else:
             text = self._failure_text(request, code, detail)
             result.failed[route_prefix(request.key)] = text
@@ -312,7 +313,7 @@ class NetlinkDataplane:
             "apply: %d acknowledgements lost (ENOBUFS), checking a fresh dump", len(uncertain)
         )
         routes = self._retrying(self._dump_once)
-        self._owned = _tokens(routes)
+        self._owned = OwnedKeys(routes)
         for request in uncertain:
             now = routes.get(request.key)
             if now == request.next_hop:  # deleted: both None; replaced: same next hop
@@ -322,19 +323,6 @@ class NetlinkDataplane:
                 text = self._failure_text(request, errno.ENOBUFS, "outcome lost, kernel disagrees")
                 result.failed[route_prefix(request.key)] = text
                 log.warning("route failed: %s", text)
-
-
-def _token(key: RouteKey) -> object:
-    """What the owned set holds for ``key``: an IPv4 host's address as its integer
-    (``int()`` of an address is the address's own int object, so the set keeps no
-    address object alive: after a resync of 100,000 routes the dump's addresses,
-    ~5 MiB, are freed while the caller keeps its own), anything else as itself.
-    IPv6 hosts stay objects: their integers could equal an IPv4 address's."""
-    return int(key) if type(key) is IPv4Address else key
-
-
-def _tokens(routes: Iterable[RouteKey]) -> set[object]:
-    return {int(key) if type(key) is IPv4Address else key for key in routes}
 
 
 def _as_key(destination: RouteKey) -> RouteKey:
