@@ -160,6 +160,7 @@ class Agent:
         self.clock = clock
         self.settings = settings or LoopSettings()
         self.reconciler = Reconciler(self.settings.resync_interval)
+        self._receipt: object | None = None  # the last message's, unacked until applied
         # Our own claims are kept (meshroute.agent.incarnation) when they changed, at most
         # every KEEP_INTERVAL and at the stop, for the stamps a restart should reuse.
         self._keep_claims = keep_claims
@@ -268,7 +269,7 @@ class Agent:
 
     def _iterate(self) -> None:
         try:
-            first = self.inbox.get(timeout=self.settings.tick)
+            first = self.inbox.get(timeout=0 if self.reconciler.busy else self.settings.tick)
         except queue.Empty:
             first = None
         batch = [first] if first is not None else []
@@ -301,8 +302,11 @@ class Agent:
         self._publish()
         self._poll_if_due(now)
         self._reconcile(now)
-        if receipt is not None:  # settled only once applied: one ack for the batch
-            self.bus.acknowledge(receipt)
+        if receipt is not None:  # settled only once applied (every slice): one ack
+            self._receipt = receipt
+        if self._receipt is not None and not self.reconciler.busy:
+            self.bus.acknowledge(self._receipt)
+            self._receipt = None
         if now >= self._next_keep:
             self._keep_own_claims()
             self._next_keep = now + KEEP_INTERVAL

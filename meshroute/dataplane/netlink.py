@@ -5,8 +5,10 @@ The stateful half: batching, retries, locking and which routes are ours. The byt
 
 Memory: the dump is keyed by address for host routes (:func:`meshroute.core.model.
 route_key`) and handed over as it is; the only state kept here is the *set* of
-owned keys (the same objects the caller's mirror holds), not a second map of
-prefixes: at 100,000 routes a prefix-keyed copy cost ~50 MiB (docs/performance.md).
+owned keys (:class:`.owned.OwnedKeys`: IPv4 hosts as bits of per-/24 masks), not a second
+map of prefixes: at 100,000 routes a prefix-keyed copy cost ~50 MiB
+(docs/performance.md). A batch's requests are made one chunk at a time, and the C
+heap is trimmed after large work (:mod:`.heap`).
 Routes come in the same way, by key (a host's address, or a prefix of any length:
 a /32 or /128 given by a caller becomes its address), and are encoded from the key's
 address and length; no prefix object is made unless a route fails.
@@ -48,18 +50,20 @@ retries, ownership); the bytes are in wire.py already.
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import socket
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from ipaddress import IPv4Network, IPv6Network
 
 import tenacity
 
 from meshroute.core.model import Address, Route, RouteKey, route_key, route_prefix
-from meshroute.dataplane import wire
+from meshroute.dataplane import heap, wire
 from meshroute.dataplane.base import ApplyResult
+from meshroute.dataplane.owned import OwnedKeys
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +89,7 @@ class NetlinkDataplane:
         self._chunk, self._bufsize, self._timeout = chunk, bufsize, timeout
         self._lock = threading.Lock()
         self._seq = 0
-        self._owned: set[RouteKey] | None = None  # as of the last dump and our changes
+        self._owned: OwnedKeys | None = None  # as of the last dump and our changes
         self._encoder = wire.Encoder(table, protocol)
         self._parser = wire.DumpParser(protocol, table)
         self._retrying = tenacity.Retrying(
@@ -95,6 +99,8 @@ class NetlinkDataplane:
             before_sleep=tenacity.before_sleep_log(log, logging.WARNING),
             reraise=True,
         )
+        self._trimmer = heap.Trimmer()
+        heap.tune()
         self._sock = self._open()
 
     # --- the Dataplane protocol ---------------------------------------------------
@@ -103,25 +109,31 @@ class NetlinkDataplane:
         """Owned routes now in the kernel. A gateway-less one maps to 0.0.0.0 / ::."""
         with self._lock:
             routes = self._retrying(self._dump_once)
-            self._owned = set(routes)
+            self._owned = OwnedKeys(routes)
+            self._trimmer.done(len(routes))
             return routes
 
     def apply(self, replace: Iterable[Route], delete: Iterable[RouteKey]) -> ApplyResult:
-        """Deletes first, then replaces; chunked; failures reported per prefix."""
+        """Deletes first, then replaces; chunked; failures reported per prefix.
+
+        The requests of one chunk are made just before it is sent, so a first apply of
+        100,000 routes never holds 100,000 request objects (docs/performance.md)."""
         with self._lock:
             started = time.perf_counter()
             if self._owned is None:
-                self._owned = set(self._retrying(self._dump_once))
+                self._owned = OwnedKeys(self._retrying(self._dump_once))
             result = ApplyResult()
             requests = self._requests(replace, delete, result)
             uncertain: list[wire.Request] = []
-            for start in range(0, len(requests), self._chunk):
-                chunk = requests[start : start + self._chunk]
+            sent = 0
+            while chunk := list(itertools.islice(requests, self._chunk)):
+                sent += len(chunk)
                 uncertain += self._run_chunk(chunk, result)
             if uncertain:
                 self._verify(uncertain, result)
+            self._trimmer.done(sent)
             log.log(
-                logging.INFO if len(requests) >= 100 else logging.DEBUG,
+                logging.INFO if sent >= 100 else logging.DEBUG,
                 "apply: %d replaced, %d deleted, %d failed in %.1f ms (table %d, proto %d)",
                 result.replaced,
                 result.deleted,
@@ -184,16 +196,18 @@ class NetlinkDataplane:
 
     def _requests(
         self, replace: Iterable[Route], delete: Iterable[RouteKey], result: ApplyResult
-    ) -> list[wire.Request]:
-        owned = self._owned or set()
-        requests = [wire.Request(self._next_seq(), _as_key(key), None) for key in delete]
+    ) -> Iterator[wire.Request]:
+        """The batch's messages in order, deletes first. Whether an add is exclusive is
+        decided when its request is made, from what is owned after the chunks before."""
+        for key in delete:
+            yield wire.Request(self._next_seq(), _as_key(key), None)
         latest = {_as_key(route.prefix): route.next_hop for route in replace}  # last wins
+        owned = self._owned if self._owned is not None else OwnedKeys()
         for key, next_hop in latest.items():
             if isinstance(key, (IPv4Network, IPv6Network)) and key.prefixlen == 0:
                 result.failed[key] = f"{key}: refusing a default route"
                 continue
-            requests.append(wire.Request(self._next_seq(), key, next_hop, key not in owned))
-        return requests
+            yield wire.Request(self._next_seq(), key, next_hop, key not in owned)
 
     def _run_chunk(self, chunk: list[wire.Request], result: ApplyResult) -> list[wire.Request]:
         """Send one chunk, read its errors; return the requests whose outcome was lost."""
@@ -299,7 +313,7 @@ class NetlinkDataplane:
             "apply: %d acknowledgements lost (ENOBUFS), checking a fresh dump", len(uncertain)
         )
         routes = self._retrying(self._dump_once)
-        self._owned = set(routes)
+        self._owned = OwnedKeys(routes)
         for request in uncertain:
             now = routes.get(request.key)
             if now == request.next_hop:  # deleted: both None; replaced: same next hop

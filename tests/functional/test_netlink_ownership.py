@@ -145,3 +145,17 @@ def test_an_owned_route_without_a_gateway_is_dumped_as_unspecified(
     assert by_prefix(dataplane.dump()) == {prefix: ipaddress.IPv4Address(0)}
     resync(dataplane, {prefix: HOP4})
     assert netns.route_map("proto", "201") == {prefix: HOP4}
+
+
+def test_an_ipv6_host_is_not_owned_because_an_ipv4_host_with_its_number_is(
+    netns: Netns, dataplane: NetlinkDataplane
+) -> None:
+    """The owned set names an IPv4 host by its integer; ::a40:1 has the same number as
+    10.64.0.1 and must still be added exclusively (a hand route holds it)."""
+    ours = ipaddress.IPv4Address("10.64.0.1")
+    twin = ipaddress.IPv6Address(int(ours))
+    netns.ip("-6", "route", "add", f"{twin}/128", "via", "2001:db8::3")  # by hand: boot
+    assert dataplane.apply([Route(ours, HOP4)], []).ok
+    result = dataplane.apply([Route(twin, HOP6)], [])
+    assert "EEXIST" in result.failed[NET(f"{twin}/128")]
+    assert "via 2001:db8::3" in netns.ip("-6", "route", "show", f"{twin}/128")
