@@ -269,10 +269,12 @@ class Reconciler:
         table, keep = core.table, core.keeps_route(now)
         if self.mirror.full_resync_needed or (now >= self.next_resync and not self.busy):
             table.take_dirty()
+            # The full plan covers every waiting key; dropped before the dump, so a
+            # failing dump leaves the loop at its normal pace (not busy) while it retries.
+            self._pending, self._pending_at = [], 0
             kernel = dump()
             self.next_resync = now + self.resync_interval
             self.full_resyncs += 1
-            self._pending, self._pending_at = [], 0
             plan = self.mirror.plan_full(kernel, table.desired_hops(own_hops), keep=keep)
             return self._first_slice(plan)
         dirty = table.take_dirty()

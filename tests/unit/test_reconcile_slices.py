@@ -219,3 +219,31 @@ def test_a_second_large_change_meanwhile_keeps_the_slices_full() -> None:
             break
     assert kernel(dataplane) == {address(i): HOP for i in range(SMALL + more)}
     assert dataplane.sizes == [SMALL_SLICE] * ((SMALL + more) // SMALL_SLICE), dataplane.sizes
+
+
+def test_a_failing_dump_while_slices_wait_does_not_spin_the_loop() -> None:
+    """A full resync is due while slices wait and the kernel cannot be listed: the
+    loop must go back to its normal pace (busy would make it poll the inbox without
+    waiting, and retry the failing dump and log the error as fast as the CPU allows);
+    once the dump works the full plan covers the keys that were waiting."""
+    agent, _, dataplane = make_agent()
+    join_peer(agent, "p", HOP, SMALL)
+    agent._iterate()  # the first slice is in, the rest waits
+    assert agent.reconciler.busy
+    real_dump = dataplane.dump
+
+    def broken_dump():
+        raise OSError("netlink dump failed (test)")
+
+    dataplane.dump = broken_dump  # type: ignore[method-assign]
+    agent.reconciler.queue_resync()
+    agent._iterate()
+    assert not agent.reconciler.busy
+    dataplane.dump = real_dump  # type: ignore[method-assign]
+    agent.reconciler.retry_soon(0.0, 0.0)
+    while True:
+        agent._iterate()
+        assert agent.mirror.installed == kernel(dataplane)
+        if not agent.reconciler.busy:
+            break
+    assert kernel(dataplane) == {address(i): HOP for i in range(SMALL)}
