@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import sys
 import time
@@ -87,7 +88,13 @@ def _health(lab: RunningLab) -> list[dict]:
     return [a if isinstance(a, dict) else {} for a in answers]
 
 
-@pytest.mark.parametrize("action", ["kill", "stop"])
+# CI kills a node of the lab's cluster; a graceful stop (8 s per node) is covered by
+# the integration tier's real agents (test_cluster_agents.py [stop], with a client
+# moving meanwhile), so here it runs with the documented long run only.
+ACTIONS = ["kill", "stop"] if os.environ.get("MESHROUTE_CLUSTER_EACH_NODE") else ["kill"]
+
+
+@pytest.mark.parametrize("action", ACTIONS)
 def test_losing_each_node_changes_no_route(lab_cluster: RunningLab, action: str):
     lab_cluster.assert_converged()
     plan = lab_cluster.lab.plan()
