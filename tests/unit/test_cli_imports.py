@@ -65,3 +65,32 @@ def test_help_lists_the_lab_with_the_labs_own_help() -> None:
     assert LazyGroup.LAZY["lab"][2] == (lab.help or "").split("\n\n")[0].strip()
     out = CliRunner().invoke(cli, ["--help"]).output
     assert "  lab     The one-box lab (root): network namespaces, real OpenVPN,...\n" in out
+
+
+AGENT_PROBE = """
+import atexit, sys
+atexit.register(lambda: print("click loaded:", "click" in sys.modules, file=sys.stderr))
+sys.argv = ["meshroute", *sys.argv[1:]]
+from meshroute.entry import main
+main()
+"""
+
+
+@pytest.mark.parametrize(
+    ("argv", "click_loaded"),
+    [
+        (("agent", "/nonexistent/meshroute.conf"), False),  # the unit's form: no click
+        (("agent", "--config", "/nonexistent/meshroute.conf"), True),  # any other: click
+    ],
+)
+def test_the_agent_as_the_unit_starts_it_does_not_load_click(
+    argv: tuple[str, ...], click_loaded: bool
+) -> None:
+    """`meshroute agent CONFIG` (deploy/systemd's ExecStart) goes straight to the daemon:
+    click costs ~3.5 MiB of the agent's RSS for the life of the process (issue 8's
+    memory target) and ~30 ms of its start. Both forms fail alike on a bad config."""
+    done = subprocess.run([sys.executable, "-c", AGENT_PROBE, *argv], capture_output=True,
+                          text=True, timeout=30)  # fmt: skip
+    assert done.returncode == 78, done.stderr  # EX_CONFIG: systemd does not retry it
+    assert "/nonexistent/meshroute.conf" in done.stderr
+    assert f"click loaded: {click_loaded}" in done.stderr
