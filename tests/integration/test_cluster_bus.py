@@ -125,10 +125,17 @@ def hear_each_other(group, timeout: float = 10.0) -> float:
 # against it and rejected (docs/reliability.md), only when asked for: it adds ~3 min
 # and decides nothing at run time.
 KINDS = ["exclusive", "quorum"] if os.environ.get("MESHROUTE_MEASURE_QUORUM") else ["exclusive"]
+# CI kills a node here; a stopped and a partitioned node (~33 s more) are covered in CI
+# by the real agents of test_cluster_agents.py (each asserts every agent consuming
+# again within 5 s, with a client moving meanwhile). The measured runs take all three.
+_MEASURED = os.environ.get("MESHROUTE_MEASURE_QUORUM") or os.environ.get(
+    "MESHROUTE_CLUSTER_EACH_NODE"
+)
+ACTIONS = ["stop", "kill", "partition"] if _MEASURED else ["kill"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("action", ["stop", "kill", "partition"])
+@pytest.mark.parametrize("action", ACTIONS)
 def test_losing_any_node_reconnects_every_bus_within_5s(cluster, buses, action, kind, request):
     if (kind, action) == ("quorum", "partition"):  # the measurement behind the design
         request.applymarker(pytest.mark.xfail(strict=True, reason="quorum queues: ~7 s"))
