@@ -253,8 +253,10 @@ def run(
     log_level: str | None,
 ) -> int:
     from meshroute.agent.sdnotify import Notifier, Watchdog
+    from meshroute.dataplane import heap
     from meshroute.dataplane.netlink import NetlinkDataplane
 
+    heap.tune()  # process-wide: the allocator gives big freed blocks back (heap's doc)
     clock = SystemClock()
     epoch = next_epoch(config.state_dir, clock.wall_ms(), config.name)
     core = AgentCore(core_settings(config, resolved), epoch=epoch, wall_clock=clock.wall_ms)

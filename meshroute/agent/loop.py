@@ -352,10 +352,9 @@ class Agent:
                       type(item).__name__)  # fmt: skip
 
     def _handle(self, item: object) -> None:
+        """Any input but a bus message (those go through :meth:`_handle_envelopes`)."""
         now = self.clock.monotonic()
-        if isinstance(item, Envelope):
-            self._handle_envelopes([item])
-        elif isinstance(item, HookEvent):
+        if isinstance(item, HookEvent):
             self._handle_hook(item, now)
         elif isinstance(item, _Polled):
             self._handle_poll(item)

@@ -114,17 +114,10 @@ def take_snapshot(agent: Agent) -> Snapshot:
     }
     hooks = hook_counters(stats.hooks)
     snap.counters = {
-        "hook_events": stats.hook_events,
+        **seen.event_counters(),
         "hook_datagrams": hooks["received"],
         "hook_datagrams_ignored": hooks["ignored"],
         "hook_handler_errors": hooks["handler_errors"],
-        "polls_ok": stats.polls_ok,
-        "polls_failed": stats.polls_failed,
-        "bus_decode_errors": stats.decode_errors,
-        "internal_errors": stats.internal_errors,
-        "stale_messages": seen.counters.stale,
-        "refused_claims": seen.counters.refused_claims,
-        "expired_peers": seen.counters.expired_peers,
         "route_applies": stats.applies,
         "route_apply_failures": stats.apply_failures,
         "full_resyncs": stats.full_resyncs,

@@ -123,3 +123,17 @@ class Readout:
     @property
     def stats(self) -> AgentStats:
         return self._agent.stats
+
+    def event_counters(self) -> dict[str, int]:
+        """The counters both the health view and the metrics show, by one name each."""
+        stats, table = self._agent.stats, self._agent.core.table.counters
+        return {
+            "hook_events": stats.hook_events,
+            "polls_ok": stats.polls_ok,
+            "polls_failed": stats.polls_failed,
+            "bus_decode_errors": stats.decode_errors,
+            "internal_errors": stats.internal_errors,
+            "stale_messages": table.stale,
+            "refused_claims": table.refused_claims,
+            "expired_peers": table.expired_peers,
+        }

@@ -6,7 +6,8 @@ snapshots' bodies and decoded lists). Python frees them, but glibc keeps the pag
 the real agent sat at ~96 MiB RSS with 18 MiB of it free heap. Two measures, both
 process-wide and both harmless where they do not apply:
 
-- :func:`tune` fixes glibc's mmap threshold at 128 KiB (``M_MMAP_THRESHOLD``).
+- :func:`tune` (called once by the agent daemon at start) fixes glibc's mmap
+  threshold at 128 KiB (``M_MMAP_THRESHOLD``).
   glibc raises that threshold up to 32 MiB each time a large block is freed, after
   which big containers live in the heap and stay there once freed; fixed, every block
   of 128 KiB or more is its own mapping and goes back to the system when freed.

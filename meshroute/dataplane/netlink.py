@@ -100,7 +100,6 @@ class NetlinkDataplane:
             reraise=True,
         )
         self._trimmer = heap.Trimmer()
-        heap.tune()
         self._sock = self._open()
 
     # --- the Dataplane protocol ---------------------------------------------------

@@ -80,8 +80,8 @@ def envelope(body: bytes, receipt: object | None) -> Envelope:
     return Envelope(body, "p", received_at=time.monotonic(), receipt=receipt)
 
 
-def test_the_last_receipt_is_acknowledged_once_after_the_routes_are_applied():
-    log = Log()
+def synced_agent(log: Log) -> tuple[Agent, int]:
+    """An agent past its start-up sync window that has heard peer "p"; the log empty."""
     agent = make_agent(log)
     epoch = int(time.time() * 1000)
     beat = Heartbeat(Header("p", epoch, 1), HOP, None, 0, 0, "0" * 16)
@@ -90,6 +90,12 @@ def test_the_last_receipt_is_acknowledged_once_after_the_routes_are_applied():
     time.sleep(0.02)  # the start-up sync window ends
     agent._iterate()
     log.clear()
+    return agent, epoch
+
+
+def test_the_last_receipt_is_acknowledged_once_after_the_routes_are_applied():
+    log = Log()
+    agent, epoch = synced_agent(log)
     now = int(time.time())
     for i in range(3):
         address = ipaddress.ip_address(f"10.64.0.{i + 1}")

@@ -12,24 +12,12 @@ from __future__ import annotations
 import ipaddress
 import time
 
-from test_agent_acks import HOP, Log, envelope, make_agent
+from test_agent_acks import Log, envelope, synced_agent
 
 from meshroute.agent.loop import Agent
 from meshroute.bus.base import Envelope
 from meshroute.core import codec
-from meshroute.core.model import ClaimRecord, Delta, Header, Heartbeat
-
-
-def synced_agent(log: Log) -> tuple[Agent, int]:
-    agent = make_agent(log)
-    epoch = int(time.time() * 1000)
-    beat = Heartbeat(Header("p", epoch, 1), HOP, None, 0, 0, "0" * 16)
-    agent.on_message(envelope(codec.encode(beat), "r0"))
-    agent._iterate()
-    time.sleep(0.02)  # the start-up sync window ends
-    agent._iterate()
-    log.clear()
-    return agent, epoch
+from meshroute.core.model import ClaimRecord, Delta, Header
 
 
 def delta_body(epoch: int, seq: int, last_octet: int, origin: str = "p") -> bytes:

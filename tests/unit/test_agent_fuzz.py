@@ -152,7 +152,7 @@ def test_fuzzed_messages_never_hurt_an_honest_peer():
     evil = Peer("evil", clock, EVIL_HOP)
 
     def deliver(message, user: str) -> None:
-        agent._handle_safely(Envelope(codec.encode(message), user_id=user))
+        agent._handle_envelopes([Envelope(codec.encode(message), user_id=user)])
 
     def step() -> None:
         clock.advance(0.01)
@@ -172,7 +172,7 @@ def test_fuzzed_messages_never_hurt_an_honest_peer():
     for i in range(N):
         template = rng.choice(evil.templates())
         body, user = mutate(rng, codec.encode(template))
-        agent._handle_safely(Envelope(body, user_id=user))
+        agent._handle_envelopes([Envelope(body, user_id=user)])
         if i % 50 == 0:  # the honest peer goes on talking
             count, digest, seq = len(p1_claims), _digest(p1_claims), p1_snapshot.header.seq
             deliver(Heartbeat(p1.header(), P1_HOP, None, seq, count, digest), "p1")
